@@ -1,0 +1,41 @@
+# kdrun — `make help` lists the targets. Everything runs inside .venv, which `make install`
+# creates from pyproject.toml; every other target depends on it.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# Datasets: use the shared offline copies when they sit beside the checkout (CI, dev machines);
+# otherwise kdrun falls back to its own default (./data) or whatever KDRUN_DATA_DIR says.
+ifneq ($(wildcard ../shared/datasets),)
+export KDRUN_DATA_DIR ?= $(abspath ../shared/datasets)
+endif
+
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install kdrun with its dependencies from pyproject.toml
+
+test: $(STAMP) ## Run the fast test suite (a few minutes on 2 CPU cores)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP) ## Run the long tests too
+	$(PY) -m pytest -q -m ''
+
+reproduce-mnist: $(STAMP) ## Hinton et al. (2015) MNIST: teacher 1200-1200, student 800-800 distilled
+	$(VENV)/bin/kdrun
+
+clean: ## Remove caches (keeps .venv and outputs/)
+	rm -rf .pytest_cache build dist *.egg-info
+	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
+
+.PHONY: help install test test-slow reproduce-mnist clean

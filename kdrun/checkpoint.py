@@ -1,0 +1,74 @@
+"""Checkpoints: written atomically, read with weights_only=True so a file can never run code."""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdrun import KdrunError
+
+
+def save_checkpoint(obj: Any, path: Path) -> None:
+    """Writes to a temporary file in the same folder, then renames: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path: Path, setting: str) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise KdrunError(f"{setting}={path}: no such file; give the path of a checkpoint (.pt) file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0]
+        raise KdrunError(
+            f"{setting}={path}: refused, it holds more than tensors and plain values ({first}); kdrun loads "
+            "weights only (torch.load(weights_only=True)): save model.state_dict() instead"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise KdrunError(f"{setting}={path}: not a readable PyTorch checkpoint ({e})") from None
+
+
+def weights_record(model: nn.Module, arch: str, num_classes: int, in_channels: int, **extra: Any) -> dict:
+    """The format of every model file kdrun writes: the weights plus what they fit."""
+    return {"arch": arch, "num_classes": num_classes, "in_channels": in_channels, "model": model.state_dict(), **extra}
+
+
+def load_weights(model: nn.Module, path: Path, setting: str, arch: str, num_classes: int, in_channels: int) -> dict:
+    """Loads a kdrun weights file (or a bare state_dict) into `model`, with a clear error on a mismatch."""
+    obj = load_checkpoint(path, setting)
+    record = obj if isinstance(obj, dict) and "model" in obj else {"model": obj}
+    expected = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels}
+    for key, want in expected.items():
+        if key in record and record[key] != want:
+            raise KdrunError(
+                f"{setting}={path}: the file holds a model with {key}={record[key]}, but this run builds "
+                f"{arch} with {num_classes} classes and {in_channels} input channel(s): pick the matching "
+                "model/dataset or another checkpoint"
+            )
+    try:
+        model.load_state_dict(record["model"])
+    except (RuntimeError, TypeError, AttributeError) as e:
+        detail = " ".join(str(e).split())[:300]
+        raise KdrunError(f"{setting}={path}: the weights do not fit {arch} with {num_classes} classes ({detail})") from None
+    return record
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    import json
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)

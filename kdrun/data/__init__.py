@@ -1,0 +1,73 @@
+"""Datasets: a builder per dataset returns a DataBundle (train/val/test, classes, shape).
+
+MNIST-, Fashion-MNIST- and CIFAR-sized data are held in memory as uint8 tensors on the device and
+batched by shuffled index (kdrun.data.memory); image folders go through torchvision's DataLoader.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterable, Optional
+
+import torch
+
+from kdrun import KdrunError
+
+BUILDERS: Dict[str, Callable[..., "DataBundle"]] = {}
+
+
+def register_dataset(fn):
+    BUILDERS[fn.__name__] = fn
+    return fn
+
+
+@dataclass
+class DataBundle:
+    """What a run needs to know about its data. `loader()` gives an iterable of (images, labels)."""
+
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+    sizes: Dict[str, int]  # images per split: train, val (0 when there is none), test
+    make_loader: Callable[[str, int, bool, bool], Iterable] = field(repr=False)
+
+    def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False) -> Iterable:
+        if self.sizes.get(split, 0) == 0:
+            raise ValueError(f"the {split} split is empty")
+        return self.make_loader(split, batch_size, shuffle, augment)
+
+    @property
+    def has_val(self) -> bool:
+        return self.sizes.get("val", 0) > 0
+
+
+def split_indices(n: int, val_split: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Holds out a seeded random `val_split` (fraction < 1, or a count) of n training images."""
+    n_val = int(round(val_split * n)) if val_split < 1 else int(val_split)
+    if n_val >= n:
+        raise KdrunError(
+            f"dataset.val_split={val_split}: holds out {n_val} of only {n} training images; "
+            "use a smaller fraction or count (or 0 for no validation split)"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def resolve_root(data_dir: str, root: Optional[str]) -> Path:
+    base = Path(os.path.expanduser(data_dir))
+    if root is None:
+        return base
+    root_path = Path(os.path.expanduser(root))
+    return root_path if root_path.is_absolute() else base / root_path
+
+
+def build_data(ds_cfg, data_dir: str, device: torch.device) -> DataBundle:
+    """Builds the dataset named by `ds_cfg.name` from its config node."""
+    if ds_cfg.name not in BUILDERS:
+        raise KdrunError(f"dataset.name={ds_cfg.name!r} is unknown: choose one of {', '.join(sorted(BUILDERS))}")
+    return BUILDERS[ds_cfg.name](ds_cfg, resolve_root(data_dir, ds_cfg.root), device)
+
+
+from kdrun.data import builders  # noqa: E402,F401  (registers the builders)

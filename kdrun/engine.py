@@ -1,0 +1,197 @@
+"""The training loop, readable in one screen: train_one_epoch(), evaluate() and fit().
+
+Every epoch starts from a seed derived from (seed, model, epoch), so a run resumed from the
+checkpoint of epoch k draws the same batches and dropout masks as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from kdrun import Interrupted, KdrunError
+from kdrun.checkpoint import load_checkpoint, save_checkpoint
+from kdrun.methods.base import Distiller
+from kdrun.models import logits_of
+
+
+def epoch_seed(seed: int, role: str, epoch: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{role}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def lr_factor(schedule: str, epoch: int, epochs: int, milestones=(), gamma: float = 0.1) -> float:
+    """The learning-rate multiplier of a (1-based) epoch: a pure function, so resuming needs no state."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+    if schedule == "multistep":
+        return gamma ** sum(epoch > m for m in milestones)
+    return 1.0
+
+
+def make_optimizer(recipe, params) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                               weight_decay=recipe.weight_decay)
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
+    return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, one line per model per epoch."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def drop_after(self, model: str, epoch: int) -> None:
+        """Forgets lines of `model` past `epoch` (written before a crash, not in the checkpoint)."""
+        kept = [r for r in self.read() if not (r["model"] == model and r["epoch"] > epoch)]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def train_one_epoch(
+    model: Distiller,
+    loader: Iterable,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    desc: str,
+    progress: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> dict:
+    model.train()
+    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    start = time.perf_counter()
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if progress else True)
+    for step, (x, y) in enumerate(bar):
+        if should_stop():
+            raise Interrupted(desc)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if len(y) < 2:  # batch norm cannot train on a single image (a last, tiny batch)
+            continue
+        out = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        # Sums stay on the device: no host sync per step.
+        for key, value in out.items():
+            if key.startswith("loss"):
+                sums[key] += value.detach() * len(y)
+        correct += (out["logits"].argmax(1) == y).sum()
+        seen += len(y)
+        if step % 25 == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{out['loss'].item():.4f}", acc=f"{correct.item() / seen:.3f}")
+    seconds = time.perf_counter() - start
+    if seen == 0:
+        raise KdrunError("the training split has fewer than 2 images: raise dataset.train_subset or lower dataset.val_split")
+    metrics = {f"train/{k}": (v / seen).item() for k, v in sums.items()}
+    if not math.isfinite(metrics["train/loss"]):
+        raise KdrunError(f"{desc}: the training loss became {metrics['train/loss']}; lower the learning rate (lr)")
+    metrics.update({"train/acc": correct.item() / seen, "seconds": seconds, "images_per_sec": seen / seconds})
+    return metrics
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict:
+    """Accuracy, error count and mean cross-entropy of `model` over a loader."""
+    model.eval()
+    correct, n, loss = 0, 0, 0.0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = logits_of(model(x))
+        loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    return {"acc": correct / n, "errors": n - correct, "images": n, "loss": loss / n}
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_val_acc: Optional[float]  # None without a validation split (the last epoch is kept)
+    best_path: Path
+
+
+def fit(
+    model: Distiller,
+    data,
+    recipe,
+    epochs: int,
+    device: torch.device,
+    ckpt_dir: Path,
+    role: str,
+    metrics: MetricsLog,
+    seed: int,
+    resume: bool,
+    config_digest: str,
+    meta: Optional[dict] = None,
+    progress: bool = True,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> FitResult:
+    """Trains model.student (and any KD adapters) for `epochs`, keeping `<role>_last.pt` (every
+    epoch, for resuming) and `<role>_best.pt` (best validation accuracy). `meta` (architecture,
+    classes, channels) goes into both files, so that either can be loaded as a teacher checkpoint."""
+    meta = meta or {}
+    last_path, best_path = ckpt_dir / f"{role}_last.pt", ckpt_dir / f"{role}_best.pt"
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(recipe, params)
+    first_epoch, best_epoch, best_acc = 1, 0, None
+    if resume and last_path.exists():
+        state = load_checkpoint(last_path, f"resume ({role})")
+        if state["config_digest"] != config_digest:
+            raise KdrunError(
+                f"resume=true: {last_path} was written by a run with another config; resume with the same "
+                "overrides as the interrupted run, or start a new run directory"
+            )
+        model.student.load_state_dict(state["model"])
+        model.methods.load_state_dict(state["methods"])
+        optimizer.load_state_dict(state["optimizer"])
+        first_epoch, best_epoch, best_acc = state["epoch"] + 1, state["best_epoch"], state["best_val_acc"]
+        metrics.drop_after(role, state["epoch"])
+    train_loader = data.loader("train", recipe.batch_size, shuffle=True, augment=recipe.augment)
+    val_loader = data.loader("val", 1024) if data.has_val else None
+
+    for epoch in range(first_epoch, epochs + 1):
+        torch.manual_seed(epoch_seed(seed, role, epoch))
+        lr = recipe.lr * lr_factor(recipe.schedule, epoch, epochs, recipe.milestones, recipe.gamma)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        record = {"model": role, "epoch": epoch, "lr": lr}
+        record.update(train_one_epoch(model, train_loader, optimizer, device, f"{role} {epoch}/{epochs}",
+                                      progress, should_stop))
+        improved = True
+        if val_loader is not None:
+            val = evaluate(model.student, val_loader, device)
+            record.update({"val/acc": val["acc"], "val/loss": val["loss"]})
+            improved = best_acc is None or val["acc"] > best_acc
+        if improved:
+            best_epoch, best_acc = epoch, record.get("val/acc")
+            save_checkpoint({**meta, "model": model.student.state_dict(), "methods": model.methods.state_dict(),
+                             "epoch": epoch, "val_acc": best_acc}, best_path)
+        metrics.write(record)
+        save_checkpoint(
+            {**meta, "model": model.student.state_dict(), "methods": model.methods.state_dict(),
+             "optimizer": optimizer.state_dict(), "epoch": epoch, "best_epoch": best_epoch,
+             "best_val_acc": best_acc, "config_digest": config_digest},
+            last_path,
+        )
+    return FitResult(best_epoch=best_epoch, best_val_acc=best_acc, best_path=best_path)

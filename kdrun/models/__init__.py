@@ -1,0 +1,87 @@
+"""Model registry (timm-style): small factory functions registered by name.
+
+`build_model(name, num_classes, in_channels, image_size)` looks first in kdrun's own zoo and then
+in torchvision's classifiers, so any torchvision model works without code.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdrun import KdrunError
+
+_REGISTRY: Dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Registers `fn(num_classes, in_channels, image_size, **kwargs)` under its own name."""
+    _REGISTRY[fn.__name__] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    min_input_size: int | None = None,
+    **kwargs,
+) -> nn.Module:
+    if name in _REGISTRY:
+        model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
+    else:
+        from kdrun.models.tv import build_torchvision
+
+        model = build_torchvision(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+    if min_input_size and image_size < min_input_size:
+        model.register_forward_pre_hook(_upsample_to(min_input_size))
+    return model
+
+
+def _upsample_to(size: int):
+    # A pre-hook, not a wrapper module: module paths (for feature taps) and state dicts stay those
+    # of the stock model.
+    def hook(module: nn.Module, args: tuple) -> tuple:
+        x = args[0]
+        return (F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False), *args[1:])
+
+    return hook
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def unknown_model(name: str) -> KdrunError:
+    return KdrunError(
+        f"model name={name!r} is neither a kdrun model ({', '.join(list_models())}) nor a torchvision "
+        "classifier: pick a config option (teacher=resnet18) or a torchvision name "
+        "(teacher=torchvision teacher.name=regnet_y_400mf)"
+    )
+
+
+def logits_of(output) -> torch.Tensor:
+    """Torchvision's GoogLeNet/Inception return named tuples in training mode; KD wants logits."""
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+
+def build_from_config(node, data) -> nn.Module:
+    """Builds the model a teacher/student config node describes, sized for a DataBundle."""
+    return build_model(node.name, data.num_classes, data.in_channels, data.image_size, node.min_input_size,
+                       **node.kwargs)
+
+
+def model_meta(node, data) -> dict:
+    """What a weights file must match to be loaded into the model of `node` on `data`."""
+    return {"arch": node.name, "num_classes": data.num_classes, "in_channels": data.in_channels}
+
+
+from kdrun.models import lenet, mlp  # noqa: E402,F401  (registers the zoo)

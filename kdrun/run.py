@@ -1,0 +1,161 @@
+"""run(cfg): build the parts, hand them to the scheme, write the outputs. Tests call it directly."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import platform
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from omegaconf import DictConfig
+
+import kdrun
+from kdrun import KdrunError
+from kdrun.checkpoint import write_json_atomic
+from kdrun.config import ce_weight, check, plain
+from kdrun.data import build_data
+from kdrun.engine import MetricsLog
+from kdrun.schemes import RunContext, get_scheme
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise KdrunError("device=mps: MPS is not available on this machine; use device=auto or device=cpu")
+        return torch.device("mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if index and not index.isdigit():
+            raise KdrunError(f"device={name}: write a CUDA device as cuda or cuda:N (N = 0, 1, ...)")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise KdrunError(f"device={name}: no CUDA device is visible here; use device=auto or device=cpu")
+        if index and int(index) >= count:
+            raise KdrunError(f"device={name}: only {count} CUDA device(s) visible (cuda:0..cuda:{count - 1})")
+        return torch.device(name)
+    raise KdrunError(f"device={name}: unknown; choose auto, cpu, cuda, cuda:N or mps")
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """SIGINT/SIGTERM set a flag that the training loop checks at every step; the epoch in progress
+    is dropped and the last completed one is already on disk. A second Ctrl-C aborts at once."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # e.g. a launcher's worker thread
+        yield flag.is_set
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, frame):
+        flag.set()
+        signal.signal(signum, previous[signum])
+        log.warning("%s received: stopping; the last completed epoch is saved", signal.Signals(signum).name)
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield flag.is_set
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """Identifies what a run computes (everything but `resume`, `progress` and where the data lives)."""
+    node = plain(cfg)
+    for key in ("resume", "progress", "data_dir"):
+        node.pop(key, None)
+    return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        here = Path(kdrun.__file__).parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    import hydra
+    import torchvision
+
+    return {"kdrun": kdrun.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "hydra": hydra.__version__}
+
+
+def _overrides() -> list:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # not under Hydra (a test calling run() directly)
+        return []
+
+
+def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
+    """Runs one experiment into `run_dir` (Hydra's output directory by default); returns the summary."""
+    check(cfg)
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary_path = run_dir / "summary.json"
+    if cfg.resume and summary_path.exists():
+        log.info("resume=true: %s is complete already", run_dir)
+        return json.loads(summary_path.read_text())
+    if not cfg.resume:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+    started = time.time()
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    data = build_data(cfg.dataset, cfg.data_dir, device)
+    log.info("data: %s, %s train / %s val / %s test images, %d classes, on %s", data.name, data.sizes["train"],
+             data.sizes["val"], data.sizes["test"], data.num_classes, device)
+    with stop_on_signals() as should_stop:
+        ctx = RunContext(cfg=cfg, run_dir=run_dir, device=device, data=data, metrics=MetricsLog(run_dir / "metrics.jsonl"),
+                         config_digest=config_digest(cfg), should_stop=should_stop)
+        models = get_scheme(cfg.scheme.name)(ctx)
+
+    summary = {
+        "status": "ok",
+        **models,
+        "kd": list(cfg.kd.keys()),
+        "scheme": cfg.scheme.name,
+        "dataset": cfg.dataset.name,
+        "T": cfg.T,
+        "alpha": cfg.alpha,
+        "lambda": ce_weight(cfg),
+        "seed": cfg.seed,
+        "device": str(device),
+        "wall_time_s": round(time.time() - started, 2),
+        "run_dir": str(run_dir.resolve()),
+        "overrides": _overrides(),
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+    }
+    write_json_atomic(summary_path, summary)
+    return summary

@@ -1,0 +1,98 @@
+"""The teacher cache: a teacher is trained once per digest of what determines it, then reused.
+
+outputs/teachers/<digest>/ holds teacher.pt (best-on-validation weights), meta.json (its config and
+test results) and the files of its training (checkpoints, metrics.jsonl). Jobs that start together
+take a file lock, so exactly one trains while the others wait and then load it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock
+from torch import nn
+
+from kdrun.checkpoint import load_weights, write_json_atomic
+from kdrun.config import plain
+from kdrun.engine import MetricsLog, evaluate, fit
+from kdrun.methods.base import Distiller
+from kdrun.models import build_from_config, count_parameters, model_meta
+
+log = logging.getLogger(__name__)
+
+# Bump when a change in kdrun would train a different teacher from the same config.
+CACHE_FORMAT = 1
+# Dataset keys that say where the data lives or how it is read, not what it is.
+_NOT_IDENTITY = {"root", "num_workers"}
+
+
+def teacher_seed(cfg) -> int:
+    return cfg.seed if cfg.teacher.seed is None else cfg.teacher.seed
+
+
+def teacher_digest(cfg) -> str:
+    """sha256 over the architecture, training recipe, dataset (content, split, augmentation) and seed."""
+    teacher = {k: v for k, v in plain(cfg.teacher).items() if k not in ("checkpoint", "seed")}
+    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in _NOT_IDENTITY}
+    identity = {"format": CACHE_FORMAT, "teacher": teacher, "dataset": dataset, "seed": teacher_seed(cfg)}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def test_report(model: nn.Module, data, device, best_epoch=None, best_val_acc=None) -> dict:
+    """The test-set numbers of a finished model (the test set is read once, here)."""
+    test = evaluate(model, data.loader("test", 1024), device)
+    return {"params": count_parameters(model), "test_acc": test["acc"], "test_errors": test["errors"],
+            "test_images": test["images"], "best_val_epoch": best_epoch, "best_val_acc": best_val_acc}
+
+
+def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, should_stop: Callable[[], bool]):
+    """Returns (frozen teacher on device, info for summary.json)."""
+    node = cfg.teacher
+    model = build_from_config(node, data)
+    meta = model_meta(node, data)
+    if node.checkpoint:
+        load_weights(model, Path(node.checkpoint), "teacher.checkpoint", **meta)
+        model.to(device)
+        info = {"arch": node.name, "source": "checkpoint", "path": str(Path(node.checkpoint).resolve())}
+        return model, {**info, **test_report(model, data, device)}
+
+    digest = teacher_digest(cfg)
+    folder = Path(cfg.teacher_cache).resolve() / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    weights, meta_file = folder / "teacher.pt", folder / "meta.json"
+    with FileLock(str(folder / ".lock")):
+        if weights.exists() and meta_file.exists():
+            source = "cache"
+            log.info("teacher %s: loaded from the cache (%s)", node.name, folder)
+        else:
+            source = "trained"
+            log.info("teacher %s: training it into the cache (%s)", node.name, folder)
+            _train_into(folder, model, cfg, data, device, meta, progress, should_stop)
+            # The run's own metrics get the teacher's whole history (also when it resumed a partial one).
+            for record in MetricsLog(folder / "metrics.jsonl").read():
+                run_metrics.write(record)
+        load_weights(model, weights, "teacher cache", **meta)
+        report = json.loads(meta_file.read_text())["report"]
+    model.to(device)
+    return model, {"arch": node.name, "source": source, "path": str(weights), "digest": digest, **report}
+
+
+def _train_into(folder: Path, model, cfg, data, device, meta, progress, should_stop) -> None:
+    node = cfg.teacher
+    trainer = Distiller(model).to(device)
+    # A partial teacher (an interrupted job) resumes from its last epoch: its digest says it is the same.
+    result = fit(trainer, data, node, node.epochs, device, folder, "teacher", MetricsLog(folder / "metrics.jsonl"),
+                 seed=teacher_seed(cfg), resume=True, config_digest=teacher_digest(cfg), meta=meta,
+                 progress=progress, should_stop=should_stop)
+    load_weights(model, result.best_path, "teacher checkpoint", **meta)
+    report = test_report(model, data, device, result.best_epoch, result.best_val_acc)
+    # Done: the best weights become teacher.pt; the resume state (with the optimizer's) is not needed.
+    result.best_path.replace(folder / "teacher.pt")
+    (folder / "teacher_last.pt").unlink(missing_ok=True)
+    # Written last: its presence is what marks the cached teacher complete.
+    write_json_atomic(folder / "meta.json", {"digest": teacher_digest(cfg), "teacher": plain(node),
+                                             "dataset": plain(cfg.dataset), "seed": teacher_seed(cfg),
+                                             "report": report})
