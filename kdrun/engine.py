@@ -24,9 +24,12 @@ from kdrun.methods.base import Distiller
 from kdrun.models import logits_of
 
 
-def epoch_seed(seed: int, role: str, epoch: int) -> int:
+def reseed(seed: int, role: str, epoch: int = 0) -> None:
+    """Seeds every RNG from (seed, role, epoch) alone: what happened earlier in the process (a
+    teacher trained or loaded from the cache, a resumed run) never changes what comes next.
+    Epoch 0 is the model's initialisation."""
     digest = hashlib.sha256(f"{seed}/{role}/{epoch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    torch.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
 def lr_factor(schedule: str, epoch: int, epochs: int, milestones=(), gamma: float = 0.1) -> float:
@@ -171,7 +174,7 @@ def fit(
     val_loader = data.loader("val", 1024) if data.has_val else None
 
     for epoch in range(first_epoch, epochs + 1):
-        torch.manual_seed(epoch_seed(seed, role, epoch))
+        reseed(seed, role, epoch)
         lr = recipe.lr * lr_factor(recipe.schedule, epoch, epochs, recipe.milestones, recipe.gamma)
         for group in optimizer.param_groups:
             group["lr"] = lr

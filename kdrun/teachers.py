@@ -17,7 +17,7 @@ from torch import nn
 
 from kdrun.checkpoint import load_weights, write_json_atomic
 from kdrun.config import plain
-from kdrun.engine import MetricsLog, evaluate, fit
+from kdrun.engine import MetricsLog, evaluate, fit, reseed
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, count_parameters, model_meta
 
@@ -51,6 +51,7 @@ def test_report(model: nn.Module, data, device, best_epoch=None, best_val_acc=No
 def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, should_stop: Callable[[], bool]):
     """Returns (frozen teacher on device, info for summary.json)."""
     node = cfg.teacher
+    reseed(teacher_seed(cfg), "teacher")
     model = build_from_config(node, data)
     meta = model_meta(node, data)
     if node.checkpoint:

@@ -121,6 +121,9 @@ def fake(cfg, root: Path, device) -> DataBundle:
 @register_dataset
 def image_folder(cfg, root: Path, device) -> DataBundle:
     """root/<class>/<image> (split by test_split), or root/train/... with root/test/... (or val/)."""
+    if cfg.root is None:
+        raise KdrunError("dataset.root is not set: image_folder needs the folder of the <class>/<image> tree "
+                         "(dataset.root=/path/to/tree, or a path relative to data_dir)")
     if not root.is_dir():
         raise KdrunError(
             f"dataset.root={root}: no such folder; point dataset.root at a <class>/<image> tree "

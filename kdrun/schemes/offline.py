@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kdrun.checkpoint import load_weights, write_json_atomic
 from kdrun.config import ce_weight, student_epochs
-from kdrun.engine import fit
+from kdrun.engine import fit, reseed
 from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, model_meta
@@ -23,6 +23,7 @@ def run(ctx: RunContext) -> dict:
         teacher, teacher_info = get_teacher(cfg, data, device, ctx.metrics, cfg.progress, ctx.should_stop)
         write_json_atomic(ckpt_dir / "teacher.json", teacher_info)  # where the teacher came from
 
+    reseed(cfg.seed, "student")
     student = build_from_config(cfg.student, data)
     meta = model_meta(cfg.student, data)
     distiller = Distiller(student, teacher, methods, ce_weight(cfg)).to(device)

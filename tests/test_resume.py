@@ -1,0 +1,87 @@
+"""Interrupting a run and resuming it gives the same result as never stopping."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kdrun import Interrupted, KdrunError
+from kdrun.run import run
+from tests.conftest import DATA_DIR, TINY, kdrun_cli, make_cfg, needs_mnist
+
+ARGS = ["dataset=fake", "dataset.num_train=400", "teacher=mlp800", "epochs=4"]
+
+
+def _student_lines(run_dir):
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # Timings differ between runs; everything else must not.
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_sec")} for r in lines if r["model"] == "student"]
+
+
+def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    full = run(make_cfg(*ARGS, tmp=tmp_path), tmp_path / "full")
+
+    # Interrupt the second run in its third epoch, as a signal would.
+    import kdrun.engine as engine
+
+    calls = {"n": 0}
+    original = engine.train_one_epoch
+
+    def stop_in_epoch_3(model, loader, optimizer, device, desc, progress=True, should_stop=lambda: False):
+        calls["n"] += 1
+        return original(model, loader, optimizer, device, desc, progress, should_stop=lambda: calls["n"] == 3)
+
+    monkeypatch.setattr(engine, "train_one_epoch", stop_in_epoch_3)
+    with pytest.raises(Interrupted):
+        run(make_cfg(*ARGS, tmp=tmp_path), tmp_path / "cut")
+    assert torch.load(tmp_path / "cut" / "checkpoints" / "student_last.pt", weights_only=True)["epoch"] == 2
+    assert not (tmp_path / "cut" / "summary.json").exists()
+    monkeypatch.setattr(engine, "train_one_epoch", original)
+
+    resumed = run(make_cfg(*ARGS, "resume=true", tmp=tmp_path), tmp_path / "cut")
+    assert _student_lines(tmp_path / "cut") == _student_lines(tmp_path / "full")
+    for key in ("test_acc", "test_errors", "best_val_epoch", "best_val_acc"):
+        assert resumed["student"][key] == full["student"][key]
+
+
+def test_resume_refuses_another_config(tmp_path):
+    run(make_cfg(*ARGS, "epochs=1", tmp=tmp_path), tmp_path / "r")
+    (tmp_path / "r" / "summary.json").unlink()  # pretend it was interrupted
+    with pytest.raises(KdrunError, match="resume=true: .*another config"):
+        run(make_cfg(*ARGS, "epochs=1", "T=8", "resume=true", tmp=tmp_path), tmp_path / "r")
+
+
+def test_resume_of_a_complete_run_returns_its_summary(tmp_path):
+    first = run(make_cfg(*ARGS, "epochs=1", tmp=tmp_path), tmp_path / "r")
+    again = run(make_cfg(*ARGS, "epochs=1", "resume=true", tmp=tmp_path), tmp_path / "r")
+    assert again == first
+
+
+@needs_mnist
+def test_sigint_saves_the_last_epoch_and_resume_finishes_identically(tmp_path):
+    args = [*TINY, "dataset.train_subset=3000", "teacher=mlp800", "epochs=12", f"teacher_cache={tmp_path / 't'}"]
+    kdrun_cli(*args, f"hydra.run.dir={tmp_path / 'full'}", cwd=tmp_path)
+
+    cut = tmp_path / "cut"
+    env = {**os.environ, "KDRUN_DATA_DIR": str(DATA_DIR)}
+    proc = subprocess.Popen([sys.executable, "-m", "kdrun", *args, f"hydra.run.dir={cut}"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (cut / "checkpoints" / "student_last.pt").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "interrupted" in err and "Traceback" not in err
+    saved = torch.load(cut / "checkpoints" / "student_last.pt", weights_only=True)["epoch"]
+    assert 1 <= saved < 12 and not (cut / "summary.json").exists()
+
+    kdrun_cli(*args, "resume=true", f"hydra.run.dir={cut}", cwd=tmp_path)
+    assert _student_lines(cut) == _student_lines(tmp_path / "full")
+    full, resumed = (json.loads((d / "summary.json").read_text())["student"] for d in (tmp_path / "full", cut))
+    assert resumed["test_errors"] == full["test_errors"]
