@@ -14,3 +14,62 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T
     log_p_s = F.log_softmax(student_logits / T, dim=1)
     log_p_t = F.log_softmax(teacher_logits / T, dim=1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
+
+
+def logit_regression(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Mean squared error between student and teacher logits, over all N x C elements.
+
+    Ba & Caruana, NIPS 2014, "Do Deep Nets Really Need to be Deep?": the mimic model regresses the
+    teacher's logits, L = 1/(2T) sum_t ||g(x_t) - z_t||^2 over T examples. We take the mean over
+    elements instead, i.e. 2/C times the paper's per-example loss, so the scale does not grow with C.
+    """
+    return F.mse_loss(student_logits, teacher_logits, reduction="mean")
+
+
+def dkd_terms(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor, T: float = 4.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(TCKD, NCKD) of Decoupled KD (Zhao et al., CVPR 2022, "Decoupled Knowledge Distillation", Sec. 3.1).
+
+    With p = softmax(z / T): TCKD = KL(b_t || b_s) over the binary b = [p_target, 1 - p_target];
+    NCKD = KL(p^_t || p^_s), p^ = softmax over the non-target logits only. Each is multiplied by
+    T^2 and averaged over the batch. Per sample, KL(p_t || p_s) = TCKD + (1 - p_t[target]) * NCKD,
+    the paper's reformulation of classical KD.
+    """
+    z_s, z_t = student_logits / T, teacher_logits / T
+    is_target = F.one_hot(target, z_s.shape[1]).bool()
+
+    def binary_log_probs(z: torch.Tensor) -> torch.Tensor:
+        # In log space: 1 - p_target computed as a difference would lose all precision as p -> 1.
+        log_norm = z.logsumexp(dim=1)
+        log_target = z[is_target] - log_norm
+        log_rest = z.masked_fill(is_target, float("-inf")).logsumexp(dim=1) - log_norm
+        return torch.stack([log_target, log_rest], dim=1)
+
+    def non_target_log_probs(z: torch.Tensor) -> torch.Tensor:
+        # Dropping the target column is what mdistiller's "- 1000 * mask" approximates.
+        return F.log_softmax(z[~is_target].view(z.shape[0], -1), dim=1)
+
+    def kl(log_p_s: torch.Tensor, log_p_t: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
+
+    tckd = kl(binary_log_probs(z_s), binary_log_probs(z_t))
+    nckd = kl(non_target_log_probs(z_s), non_target_log_probs(z_t))
+    return tckd, nckd
+
+
+def dkd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    T: float = 4.0,
+) -> torch.Tensor:
+    """alpha * TCKD + beta * NCKD (Zhao et al., CVPR 2022, "Decoupled Knowledge Distillation", Sec. 3.2).
+
+    Decoupling frees NCKD from classical KD's (1 - p_t[target]) weight, which shrinks it exactly on
+    the samples the teacher is sure of. Defaults are mdistiller's (mdistiller/engine/cfg.py).
+    """
+    tckd, nckd = dkd_terms(student_logits, teacher_logits, target, T)
+    return alpha * tckd + beta * nckd

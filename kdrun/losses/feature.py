@@ -1,0 +1,221 @@
+"""Feature-based losses: functions of intermediate features captured from student and teacher.
+
+Each function takes tensors already captured by hooks; the student feature is taken *after* any
+adapter/regressor/connector, so these functions hold no parameters. Method weights (FitNets'
+lambda, AT's beta, AB's 1/1000 ...) are applied by the method, not here. Resizing mismatched
+spatial maps (e.g. adaptive average pooling) is also the caller's job: silently resizing here would
+hide a mis-chosen tap.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def _require_maps(name: str, **feats: torch.Tensor) -> None:
+    for arg, x in feats.items():
+        if x.dim() == 2:
+            raise ValueError(
+                f"{name}: the method needs convolutional feature maps (N, C, H, W), but the layer "
+                f"given as {arg} gives a flat vector of shape {tuple(x.shape)}; tap a convolutional "
+                "layer instead of a linear/flattened one."
+            )
+        if x.dim() != 4:
+            raise ValueError(
+                f"{name}: the method needs convolutional feature maps (N, C, H, W), "
+                f"got {arg} of shape {tuple(x.shape)}."
+            )
+
+
+def _require_same_spatial(name: str, a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{name}: batch sizes differ ({a.shape[0]} vs {b.shape[0]}) for {what}.")
+    if a.shape[2:] != b.shape[2:]:
+        raise ValueError(
+            f"{name}: spatial sizes differ for {what}: {tuple(a.shape[2:])} vs "
+            f"{tuple(b.shape[2:])}; tap layers of equal resolution or resize one side first "
+            "(e.g. adaptive average pooling) — resizing is the caller's job."
+        )
+
+
+def _require_same_shape(name: str, student: torch.Tensor, teacher: torch.Tensor, hint: str) -> None:
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"{name}: student shape {tuple(student.shape)} != teacher shape "
+            f"{tuple(teacher.shape)}; {hint}"
+        )
+
+
+def fitnet_hint(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """Hint loss: mean over all elements of (r(v_g) - u_h)^2.
+
+    Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015, Eq. 3:
+    L_HT = 1/2 ||u_h(x) - r(v_g(x))||^2. We average over every element (batch included) instead of
+    the paper's 1/2 * sum, as common reference implementations do (e.g. RepDistiller's HintLoss =
+    nn.MSELoss()), so the loss scale does not grow with layer size; the constant goes into the
+    method weight. `student_feat` is r(v_g), i.e. already through the regressor; any shape works.
+    """
+    _require_same_shape(
+        "fitnet_hint", student_feat, teacher_feat,
+        "the regressor must map the student's guided layer to the teacher's hint shape.",
+    )
+    return F.mse_loss(student_feat, teacher_feat, reduction="mean")
+
+
+def attention_map(feat: torch.Tensor, p: float = 2) -> torch.Tensor:
+    """Spatial attention map Q = vec(mean_c |A_c|^p), L2-normalised per sample; shape (N, H*W).
+
+    Zagoruyko & Komodakis, "Paying More Attention to Attention", ICLR 2017, Sec. 3.1, F^p_sum.
+    The paper sums over channels; like the authors' code (at(x) in szagoruyko/attention-transfer) we
+    take the mean, which differs by the factor C that the L2 normalisation removes. The mean keeps
+    intermediate values small, and lets student and teacher have different channel counts.
+    """
+    _require_maps("attention_map", feat=feat)
+    q = feat.abs().pow(p).mean(dim=1).flatten(1)
+    return F.normalize(q, p=2.0, dim=1)
+
+
+def attention_transfer(
+    student_feat: torch.Tensor, teacher_feat: torch.Tensor, p: float = 2
+) -> torch.Tensor:
+    """AT loss: mean over batch and positions of (Q_s/||Q_s|| - Q_t/||Q_t||)^2.
+
+    Zagoruyko & Komodakis, ICLR 2017, Eq. 2, whose term is beta/2 * ||Q_s/|Q_s| - Q_t/|Q_t|||_p
+    (p=2, not squared). We follow the authors' reference `at_loss` instead:
+    (at(x) - at(y)).pow(2).mean(), i.e. the squared difference averaged over N*H*W. The beta
+    weighting (the paper's beta/2; their code multiplies by beta, default 1e3) is the method weight.
+    Channel counts may differ; spatial sizes must match.
+    """
+    _require_maps("attention_transfer", student_feat=student_feat, teacher_feat=teacher_feat)
+    _require_same_spatial("attention_transfer", student_feat, teacher_feat, "student vs teacher")
+    diff = attention_map(student_feat, p) - attention_map(teacher_feat, p)
+    return diff.pow(2).mean()
+
+
+def nst_mmd(student_feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """NST loss: squared MMD between the sets of L2-normalised channel vectors, batch-averaged.
+
+    Huang & Wang, "Like What You Like: Knowledge Distill via Neuron Selectivity Transfer",
+    arXiv:1707.01219, Sec. 3 (L_MMD^2(F_T, F_S), Eq. 4 there), with the polynomial kernel
+    k(x, y) = (x^T y + c)^d, d=2, c=0. Per sample, each channel's H*W vector f^{k.}/||f^{k.}|| is one
+    draw; with C_T teacher and C_S student draws:
+        MMD^2 = mean_{i,i'} k(t_i, t_i') + mean_{j,j'} k(s_j, s_j') - 2 mean_{i,j} k(t_i, s_j),
+    then the mean over the batch (as in RepDistiller/mdistiller). The paper's lambda/2 is the method
+    weight. The teacher term is constant for the student but kept so the value is a true MMD^2 (zero
+    when the two sets coincide); the teacher is frozen by the caller.
+    """
+    _require_maps("nst_mmd", student_feat=student_feat, teacher_feat=teacher_feat)
+    _require_same_spatial("nst_mmd", student_feat, teacher_feat, "student vs teacher")
+    s = F.normalize(student_feat.flatten(2), p=2.0, dim=2)  # (N, C_S, HW)
+    t = F.normalize(teacher_feat.flatten(2), p=2.0, dim=2)  # (N, C_T, HW)
+
+    def poly2(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(a, b.transpose(1, 2)).pow(2)
+
+    per_sample = (
+        poly2(t, t).mean(dim=(1, 2)) + poly2(s, s).mean(dim=(1, 2)) - 2 * poly2(s, t).mean(dim=(1, 2))
+    )
+    return per_sample.mean()
+
+
+def fsp_matrix(feat_a: torch.Tensor, feat_b: torch.Tensor) -> torch.Tensor:
+    """FSP ("flow of solution procedure") matrix G = F1^T F2 / (h*w); shape (N, C1, C2).
+
+    Yim et al., "A Gift from Knowledge Distillation", CVPR 2017, Eq. 1:
+    G_ij = sum_{s,t} F1_{s,t,i} * F2_{s,t,j} / (h * w). Both maps come from the same network and
+    must share their spatial size.
+    """
+    _require_maps("fsp_matrix", feat_a=feat_a, feat_b=feat_b)
+    _require_same_spatial("fsp_matrix", feat_a, feat_b, "the two layers of one FSP pair")
+    h, w = feat_a.shape[2:]
+    return torch.bmm(feat_a.flatten(2), feat_b.flatten(2).transpose(1, 2)) / (h * w)
+
+
+def fsp_loss(
+    student_pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    teacher_pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+) -> torch.Tensor:
+    """FSP loss: mean over pairs i of mean over batch of ||G_i^T - G_i^S||_2^2 (sum over C1*C2).
+
+    Yim et al., CVPR 2017, Eq. 2: L = 1/N sum_x sum_i lambda_i ||G_i^T(x) - G_i^S(x)||_2^2 with all
+    lambda_i equal; we take lambda_i = 1/n (a mean over the n pairs) so adding a pair does not change
+    the scale, and the overall weight is the method's. Note RepDistiller instead averages over matrix
+    elements too ((s - t).pow(2).mean()), which is ours divided by C1*C2.
+    """
+    if len(student_pairs) != len(teacher_pairs) or not student_pairs:
+        raise ValueError(
+            f"fsp_loss: need the same, non-zero number of student and teacher layer pairs, got "
+            f"{len(student_pairs)} and {len(teacher_pairs)}."
+        )
+    terms = []
+    for i, ((sa, sb), (ta, tb)) in enumerate(zip(student_pairs, teacher_pairs)):
+        g_s, g_t = fsp_matrix(sa, sb), fsp_matrix(ta, tb)
+        _require_same_shape(
+            "fsp_loss", g_s, g_t,
+            f"FSP pair {i} needs equal channel counts in student and teacher (C1, C2); "
+            "pick layers with matching widths.",
+        )
+        terms.append((g_s - g_t).pow(2).sum(dim=(1, 2)).mean())
+    return torch.stack(terms).mean()
+
+
+def factor_transfer(
+    student_factor: torch.Tensor, teacher_factor: torch.Tensor, p: float = 1
+) -> torch.Tensor:
+    """FT loss: mean over batch of || F_T/||F_T||_2 - F_S/||F_S||_2 ||_p, factors flattened per sample.
+
+    Kim, Park & Kwak, "Paraphrasing Complex Network: Network Compression via Factor Transfer",
+    NeurIPS 2018, Eq. 3 (p=1 in the paper). This is the paper's per-sample p-norm (for p=1 the sum of
+    absolute differences over C*H*W). Reference code differs: mmrazor's FTLoss takes the L1 mean over
+    elements (ours / (C*H*W)); RepDistiller's FactorTransfer first reduces the factor to an AT-style
+    map mean_c(F^2), which the paper does not do. Inputs are the translator's (student) and the
+    paraphraser's (teacher) factors and must have the same shape; flat factors are accepted, since the
+    loss only sees the vectorised factor.
+    """
+    _require_same_shape(
+        "factor_transfer", student_factor, teacher_factor,
+        "the translator must output factors of the paraphraser's shape.",
+    )
+    s = F.normalize(student_factor.flatten(1), p=2.0, dim=1)
+    t = F.normalize(teacher_factor.flatten(1), p=2.0, dim=1)
+    return torch.linalg.vector_norm(t - s, ord=p, dim=1).mean()
+
+
+def paraphraser_reconstruction(reconstructed: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """Paraphraser reconstruction loss: mean over all elements of (P(x) - x)^2.
+
+    Kim et al., NeurIPS 2018, Eq. 1: L_rec = ||x - P(x)||^2, where x is the teacher's feature and
+    P(x) the paraphraser's output. We average over elements rather than sum (the same MSE the
+    reference implementations use), so the value does not scale with the feature size.
+    """
+    _require_same_shape(
+        "paraphraser_reconstruction", reconstructed, original,
+        "the paraphraser's decoder must reproduce the teacher feature's shape.",
+    )
+    return F.mse_loss(reconstructed, original, reduction="mean")
+
+
+def activation_boundary(
+    student_pre: torch.Tensor, teacher_pre: torch.Tensor, margin: float = 1.0
+) -> torch.Tensor:
+    """AB alternative loss, summed over neurons and averaged over the batch.
+
+    Heo et al., "Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden
+    Neurons", AAAI 2019, Sec. 3 (the differentiable alternative to the activation-transfer loss):
+    with r the student's pre-activation after the connector and t the teacher's pre-activation,
+        (r - m)^2 * 1[t > 0 and r <= m]   teacher neuron on: push r above +m
+      + (r + m)^2 * 1[t <= 0 and r > -m]  teacher neuron off: push r below -m
+    summed over all elements and divided by the batch size, as in the authors' code
+    (criterion_alternative_L2(...).sum() / batch_size). Their further 1/1000 (and the per-layer
+    2^-k) is the method weight. Only the teacher's sign matters. Any shape (conv or flat) works.
+    """
+    _require_same_shape(
+        "activation_boundary", student_pre, teacher_pre,
+        "the connector must map the student's layer to the teacher's shape.",
+    )
+    on = teacher_pre > 0
+    push_up = (student_pre - margin).pow(2) * (on & (student_pre <= margin))
+    push_down = (student_pre + margin).pow(2) * (~on & (student_pre > -margin))
+    return (push_up + push_down).sum() / student_pre.shape[0]
