@@ -85,3 +85,28 @@ def test_sigint_saves_the_last_epoch_and_resume_finishes_identically(tmp_path):
     assert _student_lines(cut) == _student_lines(tmp_path / "full")
     full, resumed = (json.loads((d / "summary.json").read_text())["student"] for d in (tmp_path / "full", cut))
     assert resumed["test_errors"] == full["test_errors"]
+
+
+def test_an_interrupted_teacher_resumes_in_the_cache(tmp_path, monkeypatch):
+    args = [*ARGS, "teacher.epochs=3"]
+    reference = run(make_cfg(*args, "teacher_cache=" + str(tmp_path / "ref")), tmp_path / "ref_run")
+
+    import kdrun.engine as engine
+
+    original = engine.train_one_epoch
+    calls = {"n": 0}
+
+    def stop_in_teacher_epoch_2(model, loader, optimizer, device, desc, progress=True, should_stop=lambda: False):
+        calls["n"] += 1
+        return original(model, loader, optimizer, device, desc, progress, should_stop=lambda: calls["n"] == 2)
+
+    monkeypatch.setattr(engine, "train_one_epoch", stop_in_teacher_epoch_2)
+    with pytest.raises(Interrupted):
+        run(make_cfg(*args, tmp=tmp_path), tmp_path / "a")
+    monkeypatch.setattr(engine, "train_one_epoch", original)
+
+    summary = run(make_cfg(*args, tmp=tmp_path), tmp_path / "b")
+    assert summary["teacher"]["source"] == "trained"
+    lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["model"] == "teacher"] == [1, 2, 3]
+    assert summary["teacher"]["test_errors"] == reference["teacher"]["test_errors"]
