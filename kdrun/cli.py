@@ -35,6 +35,8 @@ def _main(cfg: DictConfig) -> float | None:
     except Interrupted:
         sys.exit("kdrun: interrupted; the last completed epoch is saved. Continue it with the same command plus "
                  "resume=true hydra.run.dir=<this run's directory>")
+    if summary["status"] != "ok":  # a dry run printed its layer table already
+        return None
     print_summary(summary)
     return summary["student"]["best_val_acc"]  # what a sweeper may maximise: never the test set
 

@@ -19,6 +19,15 @@ SCHEDULES = ("constant", "cosine", "multistep")
 
 
 @dataclass
+class LayersConfig:
+    """Default module paths that feature- and relation-based methods read (kd.<method>.*_layers override)."""
+
+    stages: List[str] = field(default_factory=list)  # stage outputs, shallow to deep
+    preact: List[str] = field(default_factory=list)  # the same stages before their activation (AB); empty: stages
+    embedding: Optional[str] = None  # the representation before the classifier (relation methods)
+
+
+@dataclass
 class ModelConfig:
     """An architecture plus the recipe that trains it (shared by the teacher and student groups)."""
 
@@ -36,6 +45,7 @@ class ModelConfig:
     milestones: List[int] = field(default_factory=list)  # epochs where multistep multiplies by gamma
     gamma: float = 0.1
     augment: bool = True  # use the dataset's training augmentation
+    layers: LayersConfig = field(default_factory=LayersConfig)
 
 
 @dataclass
@@ -89,6 +99,7 @@ def _run_config_class():
         "teacher_cache": str,
         "resume": bool,
         "progress": bool,
+        "dry_run": bool,
     }
     defaults = {
         "teacher": field(default_factory=TeacherConfig),
@@ -106,6 +117,7 @@ def _run_config_class():
         "teacher_cache": "outputs/teachers",
         "resume": False,
         "progress": True,
+        "dry_run": False,
     }
     cls = type("RunConfig", (), {"__annotations__": annotations, **defaults})
     return dataclass(init=False, repr=False, eq=False)(cls)
@@ -165,10 +177,12 @@ def check(cfg: DictConfig) -> None:
 
 
 def ce_weight(cfg: DictConfig) -> float:
-    """lambda, the weight of the hard-label term: 1 - alpha by default, 1 with no KD term."""
+    """lambda, the weight of the hard-label term: by default 1 - alpha when Hinton's soft targets (whose
+    weight is alpha) are among the terms, as in the paper's weighted average; 1 otherwise, since the
+    other methods' papers add their term to the full cross-entropy."""
     if cfg["lambda"] is not None:
         return float(cfg["lambda"])
-    return round(1.0 - float(cfg.alpha), 12) if len(cfg.kd) else 1.0
+    return round(1.0 - float(cfg.alpha), 12) if "hinton" in cfg.kd else 1.0
 
 
 def student_epochs(cfg: DictConfig) -> int:

@@ -80,7 +80,7 @@ def stop_on_signals():
 def config_digest(cfg: DictConfig) -> str:
     """Identifies what a run computes (everything but `resume`, `progress` and where the data lives)."""
     node = plain(cfg)
-    for key in ("resume", "progress", "data_dir"):
+    for key in ("resume", "progress", "data_dir", "dry_run"):
         node.pop(key, None)
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -126,7 +126,7 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     if cfg.resume and summary_path.exists():
         log.info("resume=true: %s is complete already", run_dir)
         return json.loads(summary_path.read_text())
-    if not cfg.resume:
+    if not cfg.resume and not cfg.dry_run:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     started = time.time()
@@ -139,6 +139,11 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         ctx = RunContext(cfg=cfg, run_dir=run_dir, device=device, data=data, metrics=MetricsLog(run_dir / "metrics.jsonl"),
                          config_digest=config_digest(cfg), should_stop=should_stop)
         models = get_scheme(cfg.scheme.name)(ctx)
+    if cfg.dry_run:
+        from kdrun.report import print_layers
+
+        print_layers(models["layers"], models.get("teacher"))
+        return {"status": "dry_run", **models}
 
     summary = {
         "status": "ok",

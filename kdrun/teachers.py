@@ -48,8 +48,10 @@ def test_report(model: nn.Module, data, device, best_epoch=None, best_val_acc=No
             "test_images": test["images"], "best_val_epoch": best_epoch, "best_val_acc": best_val_acc}
 
 
-def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, should_stop: Callable[[], bool]):
-    """Returns (frozen teacher on device, info for summary.json)."""
+def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, should_stop: Callable[[], bool],
+                train: bool = True):
+    """Returns (frozen teacher on device, info for summary.json). With train=False (a dry run) a
+    teacher that is not cached yet is returned untrained."""
     node = cfg.teacher
     reseed(teacher_seed(cfg), "teacher")
     model = build_from_config(node, data)
@@ -65,6 +67,8 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
     folder.mkdir(parents=True, exist_ok=True)
     weights, meta_file = folder / "teacher.pt", folder / "meta.json"
     with FileLock(str(folder / ".lock")):
+        if not train and not meta_file.exists():
+            return model.to(device), {"arch": node.name, "source": "untrained (dry run)", "digest": digest}
         if weights.exists() and meta_file.exists():
             source = "cache"
             log.info("teacher %s: loaded from the cache (%s)", node.name, folder)

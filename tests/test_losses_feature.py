@@ -235,3 +235,11 @@ def test_activation_boundary_grad_and_shape_error():
     assert_grad_reaches_student(activation_boundary, AB_S, AB_T)
     with pytest.raises(ValueError, match="connector"):
         activation_boundary(torch.randn(2, 3, 4, 4), torch.randn(2, 6, 4, 4))
+
+
+def test_fsp_loss_per_element_divides_each_pair_by_its_matrix_size():
+    # One pair, C1 = 1, C2 = 2, 1x1 maps: G_s = [[1*1, 1*2]] = [[1, 2]], G_t = [[0, 0]] -> sum 5, per element 2.5.
+    a_s, b_s = torch.ones(1, 1, 1, 1), torch.tensor([1.0, 2.0]).view(1, 2, 1, 1)
+    a_t, b_t = torch.zeros(1, 1, 1, 1), torch.zeros(1, 2, 1, 1)
+    assert fsp_loss([(a_s, b_s)], [(a_t, b_t)]).item() == pytest.approx(5.0)
+    assert fsp_loss([(a_s, b_s)], [(a_t, b_t)], per_element=True).item() == pytest.approx(2.5)

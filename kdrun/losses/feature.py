@@ -136,8 +136,10 @@ def fsp_matrix(feat_a: torch.Tensor, feat_b: torch.Tensor) -> torch.Tensor:
 def fsp_loss(
     student_pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
     teacher_pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    per_element: bool = False,
 ) -> torch.Tensor:
-    """FSP loss: mean over pairs i of mean over batch of ||G_i^T - G_i^S||_2^2 (sum over C1*C2).
+    """FSP loss: mean over pairs i of mean over batch of ||G_i^T - G_i^S||_2^2 (sum over C1*C2);
+    with per_element=True each pair's term is divided by C1*C2 (a mean over matrix elements).
 
     Yim et al., CVPR 2017, Eq. 2: L = 1/N sum_x sum_i lambda_i ||G_i^T(x) - G_i^S(x)||_2^2 with all
     lambda_i equal; we take lambda_i = 1/n (a mean over the n pairs) so adding a pair does not change
@@ -157,7 +159,8 @@ def fsp_loss(
             f"FSP pair {i} needs equal channel counts in student and teacher (C1, C2); "
             "pick layers with matching widths.",
         )
-        terms.append((g_s - g_t).pow(2).sum(dim=(1, 2)).mean())
+        term = (g_s - g_t).pow(2).sum(dim=(1, 2)).mean()
+        terms.append(term / (g_s.shape[1] * g_s.shape[2]) if per_element else term)
     return torch.stack(terms).mean()
 
 

@@ -24,6 +24,12 @@ class RunContext:
     should_stop: Callable[[], bool]
 
 
+def example_batch(data: DataBundle, device: torch.device, size: int = 4) -> torch.Tensor:
+    """A few real training images, for the dry forward pass that sizes adapters."""
+    x, _ = next(iter(data.loader("train", size)))
+    return x.to(device)
+
+
 def get_scheme(name: str) -> Callable[[RunContext], dict]:
     from kdrun import KdrunError
     from kdrun.schemes import offline

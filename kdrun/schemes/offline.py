@@ -8,28 +8,41 @@ from kdrun.engine import fit, reseed
 from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, model_meta
-from kdrun.schemes import RunContext
+from kdrun.schemes import RunContext, example_batch
 from kdrun.teachers import get_teacher, test_report
 
 
 def run(ctx: RunContext) -> dict:
     cfg, data, device = ctx.cfg, ctx.data, ctx.device
-    methods = build_methods(cfg.kd)
+    methods = build_methods(cfg.kd, cfg.student, cfg.teacher)
     ckpt_dir = ctx.run_dir / "checkpoints"
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
 
     teacher, teacher_info = None, None
     if methods:
-        teacher, teacher_info = get_teacher(cfg, data, device, ctx.metrics, cfg.progress, ctx.should_stop)
+        teacher, teacher_info = get_teacher(cfg, data, device, ctx.metrics, cfg.progress, ctx.should_stop,
+                                            train=not cfg.dry_run)
+    reseed(cfg.seed, "student")
+    student = build_from_config(cfg.student, data).to(device)
+    meta = model_meta(cfg.student, data)
+    # Built with every method, so that the dry pass sizes all adapters before any training.
+    full = Distiller(student, teacher, methods, ce_weight(cfg), example=example_batch(data, device))
+    if cfg.dry_run:
+        return {"teacher": teacher_info, "layers": full.layer_report}
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if teacher_info:
         write_json_atomic(ckpt_dir / "teacher.json", teacher_info)  # where the teacher came from
 
-    reseed(cfg.seed, "student")
-    student = build_from_config(cfg.student, data)
-    meta = model_meta(cfg.student, data)
-    distiller = Distiller(student, teacher, methods, ce_weight(cfg)).to(device)
-    result = fit(distiller, data, cfg.student, student_epochs(cfg), device, ckpt_dir, "student", ctx.metrics,
-                 seed=cfg.seed, resume=cfg.resume, config_digest=ctx.config_digest, meta=meta,
-                 progress=cfg.progress, should_stop=ctx.should_stop)
+    common = dict(device=device, ckpt_dir=ckpt_dir, metrics=ctx.metrics, seed=cfg.seed, resume=cfg.resume,
+                  config_digest=ctx.config_digest, meta=meta, progress=cfg.progress, should_stop=ctx.should_stop)
+    for name, method in methods.items():
+        method.prepare(teacher, data, device, cfg.seed)
+    for name, method in methods.items():  # first stages (FitNets' hints, FSP/AB initialisation)
+        if method.stage1_epochs:
+            stage = Distiller(student, teacher, {name: method}, ce_weight=0.0)
+            fit(stage, data, cfg.student, method.stage1_epochs, role=f"student.{name}", **common)
+    joint = {name: m for name, m in methods.items() if m.joint}
+    distiller = full if len(joint) == len(methods) else Distiller(student, teacher, joint, ce_weight(cfg))
+    result = fit(distiller, data, cfg.student, student_epochs(cfg), role="student", **common)
     load_weights(student, result.best_path, "student checkpoint", **meta)
     student_info = {"arch": cfg.student.name,
                     **test_report(student, data, device, result.best_epoch, result.best_val_acc)}
