@@ -100,6 +100,7 @@ def _run_config_class():
         "resume": bool,
         "progress": bool,
         "dry_run": bool,
+        "cache_teacher_logits": bool,
     }
     defaults = {
         "teacher": field(default_factory=TeacherConfig),
@@ -118,6 +119,7 @@ def _run_config_class():
         "resume": False,
         "progress": True,
         "dry_run": False,
+        "cache_teacher_logits": True,
     }
     cls = type("RunConfig", (), {"__annotations__": annotations, **defaults})
     return dataclass(init=False, repr=False, eq=False)(cls)

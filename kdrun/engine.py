@@ -85,13 +85,13 @@ def train_one_epoch(
     seen = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if progress else True)
-    for step, (x, y) in enumerate(bar):
+    for step, (x, y, *extras) in enumerate(bar):
         if should_stop():
             raise Interrupted(desc)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if len(y) < 2:  # batch norm cannot train on a single image (a last, tiny batch)
             continue
-        out = model(x, y)
+        out = model(x, y, **(extras[0] if extras else {}))
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
@@ -147,12 +147,14 @@ def fit(
     resume: bool,
     config_digest: str,
     meta: Optional[dict] = None,
+    train_extras: Optional[dict] = None,
     progress: bool = True,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> FitResult:
     """Trains model.student (and any KD adapters) for `epochs`, keeping `<role>_last.pt` (every
     epoch, for resuming) and `<role>_best.pt` (best validation accuracy). `meta` (architecture,
-    classes, channels) goes into both files, so that either can be loaded as a teacher checkpoint."""
+    classes, channels) goes into both files, so that either can be loaded as a teacher checkpoint.
+    `train_extras` are per-image tensors handed to the model with each batch (cached teacher logits)."""
     meta = meta or {}
     last_path, best_path = ckpt_dir / f"{role}_last.pt", ckpt_dir / f"{role}_best.pt"
     params = [p for p in model.parameters() if p.requires_grad]
@@ -170,7 +172,7 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, best_epoch, best_acc = state["epoch"] + 1, state["best_epoch"], state["best_val_acc"]
         metrics.drop_after(role, state["epoch"])
-    train_loader = data.loader("train", recipe.batch_size, shuffle=True, augment=recipe.augment)
+    train_loader = data.loader("train", recipe.batch_size, shuffle=True, augment=recipe.augment, extras=train_extras)
     val_loader = data.loader("val", 1024) if data.has_val else None
 
     for epoch in range(first_epoch, epochs + 1):

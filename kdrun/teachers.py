@@ -12,14 +12,15 @@ import logging
 from pathlib import Path
 from typing import Callable
 
+import torch
 from filelock import FileLock
 from torch import nn
 
-from kdrun.checkpoint import load_weights, write_json_atomic
+from kdrun.checkpoint import load_checkpoint, load_weights, save_checkpoint, write_json_atomic
 from kdrun.config import plain
 from kdrun.engine import MetricsLog, evaluate, fit, reseed
 from kdrun.methods.base import Distiller
-from kdrun.models import build_from_config, count_parameters, model_meta
+from kdrun.models import build_from_config, count_parameters, logits_of, model_meta
 
 log = logging.getLogger(__name__)
 
@@ -101,3 +102,20 @@ def _train_into(folder: Path, model, cfg, data, device, meta, progress, should_s
     write_json_atomic(folder / "meta.json", {"digest": teacher_digest(cfg), "teacher": plain(node),
                                              "dataset": plain(cfg.dataset), "seed": teacher_seed(cfg),
                                              "report": report})
+
+
+def cached_train_logits(teacher: nn.Module, data, device, folder: Path, digest: str) -> torch.Tensor:
+    """The teacher's logits on every training image (un-augmented, in the split's order), computed
+    once and kept beside the cached teacher, so that runs and sweep jobs with un-augmented student
+    inputs read them instead of running the teacher at every step."""
+    path = folder / "train_logits.pt"
+    with FileLock(str(folder / ".lock")):
+        if path.exists():
+            record = load_checkpoint(path, "teacher logit cache")
+            if record["digest"] == digest and tuple(record["logits"].shape) == (data.sizes["train"], data.num_classes):
+                return record["logits"]
+        teacher.eval()
+        with torch.no_grad():
+            logits = torch.cat([logits_of(teacher(x.to(device))).float().cpu() for x, _ in data.loader("train", 1024)])
+        save_checkpoint({"digest": digest, "logits": logits}, path)
+    return logits

@@ -31,12 +31,18 @@ class DataBundle:
     in_channels: int
     image_size: int
     sizes: Dict[str, int]  # images per split: train, val (0 when there is none), test
-    make_loader: Callable[[str, int, bool, bool], Iterable] = field(repr=False)
+    make_loader: Callable[..., Iterable] = field(repr=False)
+    in_memory: bool = True  # held as tensors: loaders can also yield per-image extras (cached logits)
 
-    def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False) -> Iterable:
+    def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
+               extras: Optional[Dict[str, torch.Tensor]] = None) -> Iterable:
+        """Batches of (images, labels), or (images, labels, {name: extra[idx]}) with `extras`: tensors
+        with one row per image of the split, in its order (e.g. a teacher's cached logits)."""
         if self.sizes.get(split, 0) == 0:
             raise ValueError(f"the {split} split is empty")
-        return self.make_loader(split, batch_size, shuffle, augment)
+        if extras is not None and not self.in_memory:
+            raise ValueError("per-image extras need an in-memory dataset")
+        return self.make_loader(split, batch_size, shuffle, augment, extras)
 
     @property
     def has_val(self) -> bool:

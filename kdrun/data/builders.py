@@ -47,10 +47,11 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
     }
     splits = {k: (x.contiguous().to(device), y.long().to(device)) for k, (x, y) in splits.items()}
 
-    def make_loader(split, batch_size, shuffle, augment):
+    def make_loader(split, batch_size, shuffle, augment, extras=None):
         x, y = splits[split]
         shift, hflip = (cfg.shift, cfg.hflip) if augment else (0, False)
-        return TensorLoader(x, y, batch_size, cfg.mean, cfg.std, shuffle=shuffle, shift=shift, hflip=hflip)
+        return TensorLoader(x, y, batch_size, cfg.mean, cfg.std, shuffle=shuffle, shift=shift, hflip=hflip,
+                            extras=extras)
 
     return DataBundle(
         name=cfg.name,
@@ -166,7 +167,7 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
         ds.transform = transform
         return ds
 
-    def make_loader(split, batch_size, shuffle, augment):
+    def make_loader(split, batch_size, shuffle, augment, extras=None):
         ds = with_transform(source[split], augmented if augment else plain)
         return torch.utils.data.DataLoader(
             torch.utils.data.Subset(ds, indices[split].tolist()),
@@ -184,4 +185,5 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
         image_size=size,
         sizes={k: len(v) for k, v in indices.items()},
         make_loader=make_loader,
+        in_memory=False,
     )

@@ -3,7 +3,7 @@ on the device; batches are drawn by shuffled index and augmented a whole batch a
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from typing import Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,13 @@ class TensorLoader:
         shuffle: bool = False,
         shift: int = 0,
         hflip: bool = False,
+        extras: Optional[Dict[str, torch.Tensor]] = None,
     ):
         self.images, self.labels, self.batch_size = images, labels, batch_size
+        self.extras = {k: v.to(images.device) for k, v in (extras or {}).items()}
+        for name, value in self.extras.items():
+            if len(value) != len(labels):
+                raise ValueError(f"extra {name!r} has {len(value)} rows for {len(labels)} images")
         self.shuffle, self.shift, self.hflip = shuffle, shift, hflip
         shape = (1, -1, 1, 1)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=images.device).view(shape) * 255
@@ -51,7 +56,7 @@ class TensorLoader:
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple]:
         n = len(self.labels)
         device = self.images.device
         # Drawn from the global RNG, which the engine seeds per epoch: a resumed run sees the same order.
@@ -63,4 +68,8 @@ class TensorLoader:
                 x = shift_batch(x, self.shift)
             if self.hflip:
                 x = flip_batch(x)
-            yield (x.float() - self.mean) / self.std, self.labels[idx]
+            x = (x.float() - self.mean) / self.std
+            if self.extras:
+                yield x, self.labels[idx], {k: v[idx] for k, v in self.extras.items()}
+            else:
+                yield x, self.labels[idx]

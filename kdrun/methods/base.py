@@ -201,11 +201,10 @@ class Distiller(nn.Module):
             t.to(*args, **kwargs)
         return super().to(*args, **kwargs)
 
-    def _run(self, x: torch.Tensor):
+    def _run(self, x: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None):
         with self._student_tap:
             logits = logits_of(self.student(x))
-        teacher_logits = None
-        if self._teacher:
+        if self._teacher and (teacher_logits is None or self._teacher_tap.paths):
             with torch.no_grad(), self._teacher_tap:
                 teacher_logits = logits_of(self.teacher(x))
         return logits, teacher_logits
@@ -244,8 +243,10 @@ class Distiller(nn.Module):
                                                              method.teacher_layers, batch.teacher_feats)))
         self.student.train(was_training)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
-        logits, teacher_logits = self._run(x)
+    def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None
+                ) -> Dict[str, torch.Tensor]:
+        """`teacher_logits`, when given (cached for un-augmented inputs), replace running the teacher."""
+        logits, teacher_logits = self._run(x, teacher_logits)
         # With weight 0 (a first stage on a KD term alone) there is no CE term at all: a zero-weighted
         # one would still give the classifier zero gradients, and weight decay would then move it.
         losses = {"loss_ce": self.ce_weight * F.cross_entropy(logits, y)} if self.ce_weight else {}

@@ -2,6 +2,8 @@
 learns from it. With kd=none no teacher is needed and the student learns from labels alone."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from kdrun.checkpoint import load_weights, write_json_atomic
 from kdrun.config import ce_weight, student_epochs
 from kdrun.engine import fit, reseed
@@ -9,7 +11,7 @@ from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, model_meta
 from kdrun.schemes import RunContext, example_batch
-from kdrun.teachers import get_teacher, test_report
+from kdrun.teachers import cached_train_logits, get_teacher, test_report
 
 
 def run(ctx: RunContext) -> dict:
@@ -40,10 +42,26 @@ def run(ctx: RunContext) -> dict:
         if method.stage1_epochs:
             stage = Distiller(student, teacher, {name: method}, ce_weight=0.0)
             fit(stage, data, cfg.student, method.stage1_epochs, role=f"student.{name}", **common)
+    extras = _cached_logits(cfg, methods, data, teacher, teacher_info, device)
+    common["train_extras"] = extras
     joint = {name: m for name, m in methods.items() if m.joint}
     distiller = full if len(joint) == len(methods) else Distiller(student, teacher, joint, ce_weight(cfg))
     result = fit(distiller, data, cfg.student, student_epochs(cfg), role="student", **common)
     load_weights(student, result.best_path, "student checkpoint", **meta)
     student_info = {"arch": cfg.student.name,
                     **test_report(student, data, device, result.best_epoch, result.best_val_acc)}
-    return {"teacher": teacher_info, "student": student_info}
+    return {"teacher": teacher_info, "student": student_info,
+            "teacher_logits": None if teacher is None else ("cached" if extras else "live")}
+
+
+def _cached_logits(cfg, methods, data, teacher, teacher_info, device):
+    """The teacher's cached logits when they can stand in for running it: the student sees
+    un-augmented images (so the teacher's output per image never changes), every method reads
+    logits only, and the teacher lives in the cache (whose digest the logits are keyed by)."""
+    augmented = cfg.student.augment and (cfg.dataset.shift or cfg.dataset.hflip)
+    logits_only = all(not m.student_layers and not m.teacher_layers for m in methods.values())
+    if (not methods or not cfg.cache_teacher_logits or augmented or not logits_only or not data.in_memory
+            or teacher_info.get("source") not in ("cache", "trained")):
+        return None
+    folder = Path(teacher_info["path"]).parent
+    return {"teacher_logits": cached_train_logits(teacher, data, device, folder, teacher_info["digest"])}
