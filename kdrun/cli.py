@@ -13,7 +13,7 @@ from omegaconf.errors import MissingMandatoryValue
 from kdrun import Interrupted, KdrunError
 from kdrun.config import register_configs
 
-log = logging.getLogger("kdrun")
+log = logging.getLogger(__name__)
 
 
 def _config_dir() -> str:
