@@ -20,10 +20,10 @@ help: ## Show this help
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,sweep]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install kdrun with its dependencies from pyproject.toml
+install: $(STAMP) ## Create .venv and install kdrun, its dependencies and the sweep plugins (pyproject.toml)
 
 test: $(STAMP) ## Run the fast test suite (a few minutes on 2 CPU cores)
 	$(PY) -m pytest -q

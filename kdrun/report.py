@@ -1,10 +1,30 @@
-"""What a person sees at the end of a run: a rich table of the models' test results."""
+"""What a person sees: the end-of-run table, and a sweep's answer (files, plots and a table).
+
+`write_report()` is the one code path behind both the end-of-sweep Hydra callback (`SweepSummary`)
+and the `kdrun-report` command; the summarising itself is in kdrun/sweep.py.
+"""
 from __future__ import annotations
 
+import argparse
+import json
+import logging
 import sys
+from pathlib import Path
+from typing import Optional
 
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
+
+from kdrun import KdrunError
+from kdrun.sweep import (aggregate_seeds, format_value, is_grid, rank, read_jobs, short, summarise, swept_keys, to_csv,
+                         to_markdown)
+
+log = logging.getLogger(__name__)
+
+# Written only when they apply: removed first, so that a rebuilt report never keeps a stale one.
+OPTIONAL_FILES = ("summary_seeds.csv", "heatmap.png", "scatter.png", "lineplot.png")
 
 
 def _console() -> Console:
@@ -44,3 +64,154 @@ def print_layers(rows: list[dict], teacher: dict | None, console: Console | None
     console.print(table)
     if teacher:
         console.print(f"teacher: {teacher['arch']} ({teacher['source']})")
+
+
+def _status(group: dict) -> str:
+    counts = {"ok": group["n"], "failed": group["n_failed"], "missing": group["n_missing"]}
+    if sum(n > 0 for n in counts.values()) == 1:  # all alike: the n column has the count
+        return next(status for status, n in counts.items() if n)
+    return ", ".join(f"{n} {status}" for status, n in counts.items() if n)
+
+
+def print_sweep(groups: list[dict], keys: list[str], by_seed: bool, has_scratch: bool, ranked_by: str,
+                errors: list[tuple[str, str]], console: Console) -> None:
+    """Best first, one line per job (per group of seeds when seeds were swept). Keys with one value in
+    every job go in the caption: the terminal is narrow, and summary.csv has them all."""
+    varying = swept_keys(keys, groups)
+    fixed = " ".join(f"{k}={groups[0][k]}" for k in keys if k not in varying and groups[0][k] != "")
+    keys = varying
+    title = f"kdrun sweep: {len(groups)} {'configurations' if by_seed else 'jobs'}, best first by " \
+            f"{'validation' if 'val' in ranked_by else 'test'} accuracy"
+    table = Table(title=title, caption=f"all jobs: {fixed}" if fixed else None)
+    if not by_seed:
+        table.add_column("job", justify="right")
+    for key in keys:
+        table.add_column(key, justify="right", overflow="fold")
+    table.add_column("status", min_width=6)
+    if by_seed:
+        table.add_column("n", justify="right")
+    for column in ("student test %", "val %", "teacher test %", *(("scratch %", "gain") if has_scratch else ())):
+        table.add_column(column, justify="right", min_width=6)  # a narrow terminal folds keys, not numbers
+    for g in groups:
+        student = format_value("student_test_acc", g["student_test_acc_mean"])
+        if g["student_test_acc_std"] is not None:
+            student += f" ± {format_value('student_test_acc', g['student_test_acc_std'])}"
+        cells = [g["jobs"]] if not by_seed else []
+        cells += [short(g[k]) for k in keys] + [_status(g)] + ([str(g["n"])] if by_seed else [])
+        cells += [student, format_value("student_val_acc", g["student_val_acc_mean"]),
+                  format_value("teacher_test_acc", g["teacher_test_acc_mean"])]
+        if has_scratch:
+            cells += [format_value("scratch_test_acc", g["scratch_test_acc"]), format_value("gain", g["gain_mean"])]
+        table.add_row(*cells)
+    console.print(table)
+    for job, error in errors:  # below the table, where a long message has the whole width
+        console.print(f"[red]failed[/red] job {job}: {error}", highlight=False)
+
+
+def write_report(paths: list[Path], out_dir: Path, console: Optional[Console] = None) -> dict:
+    """Reads every run directory under `paths` and writes into `out_dir`: summary.csv (one row per job),
+    summary.md (best first), summary_seeds.csv (when seeds were swept), heatmap.png (two keys crossed),
+    scatter.png (two keys sampled) or lineplot.png (one key), and curves/<job>.png; prints the table.
+    Returns the counts of jobs by status and the files written."""
+    from kdrun import plots
+
+    console = console or _console()
+    jobs = read_jobs(paths)
+    summary = summarise(jobs)
+    group_columns, groups = aggregate_seeds(summary)
+    by_seed = "seed" in summary.keys
+    group_keys = [k for k in summary.keys if k != "seed"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in OPTIONAL_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+
+    written = ["summary.csv", "summary.md"]
+    (out_dir / "summary.csv").write_text(to_csv(summary.columns, summary.rows))
+    ranked_rows, ranked_by = rank(summary.rows)
+    ranked_groups, _ = rank(groups, suffix="_mean")
+    md = [f"# Sweep summary: {len(jobs)} jobs, best first by `{ranked_by}`\n",
+          "Accuracies in %" + (", gains in percentage points over the scratch baseline (kd=none jobs)"
+                               if summary.has_scratch else "") + ".\n",
+          to_markdown(summary.columns, ranked_rows)]
+    if by_seed:
+        (out_dir / "summary_seeds.csv").write_text(to_csv(group_columns, groups))
+        written.append("summary_seeds.csv")
+        md += ["\n## Mean over seeds (std: sample standard deviation, n: ok jobs)\n",
+               to_markdown(group_columns, ranked_groups)]
+    (out_dir / "summary.md").write_text("\n".join(md))
+
+    axes = swept_keys(group_keys, groups)
+    over = " (mean over seeds)" if by_seed else ""
+    if len(axes) == 2 and is_grid(groups, *axes):
+        plots.heatmap(out_dir / "heatmap.png", axes[0], axes[1], groups, f"student test accuracy{over}")
+        written.append("heatmap.png")
+    elif len(axes) == 2:
+        plots.scatter(out_dir / "scatter.png", axes[1], axes[0], groups, f"student test accuracy{over}")
+        written.append("scatter.png")
+    elif len(axes) == 1:
+        plots.line_plot(out_dir / "lineplot.png", axes[0], groups, f"test accuracy{over}")
+        written.append("lineplot.png")
+    curves = 0
+    for job in jobs:
+        records = _read_metrics(job.path / "metrics.jsonl")
+        if records:
+            (out_dir / "curves").mkdir(exist_ok=True)
+            title = f"job {job.name}: " + (" ".join(f"{k}={v}" for k, v in job.overrides.items()) or "defaults")
+            plots.learning_curve(out_dir / "curves" / f"{job.name.replace('/', '_')}.png", records, title)
+            curves += 1
+    if curves:
+        written.append(f"curves/ ({curves} learning curves)")
+
+    errors = [(r["job"], r["error"]) for r in summary.rows if r["error"]]
+    print_sweep(ranked_groups, group_keys, by_seed, summary.has_scratch, ranked_by, errors, console)
+    counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("ok", "failed", "missing")}
+    console.print(f"{len(jobs)} jobs: {counts['ok']} ok, {counts['failed']} failed, {counts['missing']} missing. "
+                  f"Written to {out_dir}: {', '.join(written)}", highlight=False)
+    return {"jobs": len(jobs), **counts, "written": written}
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # a line cut short by a killed job: the others still plot
+            continue
+    return records
+
+
+class SweepSummary(Callback):
+    """Registered in configs/config.yaml (hydra.callbacks): at the end of every multirun, the sweep's
+    summary, plots and table, in the sweep directory."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        try:
+            write_report([sweep_dir], sweep_dir)
+        except Exception:  # the jobs' own results are safe on disk: a report problem must not hide them
+            log.exception("the sweep summary failed; rebuild it with: kdrun-report %s", sweep_dir)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """`kdrun-report PATH...`: rebuilds a sweep's summary, plots and table from its run directories."""
+    parser = argparse.ArgumentParser(
+        prog="kdrun-report",
+        description="Summarise kdrun runs: summary.csv, summary.md, plots and a table. PATH is a sweep "
+                    "directory, a run directory, or any folder holding run directories; jobs that failed or "
+                    "are still running are listed as such.")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    parser.add_argument("-o", "--out", type=Path, help="where to write (default: PATH, when there is one)")
+    args = parser.parse_args(argv)
+    if args.out is None and len(args.paths) > 1:
+        sys.exit("kdrun-report: error: several PATHs: say where to write the report with --out DIR")
+    try:
+        write_report(args.paths, args.out or args.paths[0])
+    except KdrunError as e:
+        sys.exit(f"kdrun-report: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

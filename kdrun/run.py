@@ -123,11 +123,25 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / "summary.json"
+    digest = config_digest(cfg)
     if cfg.resume and summary_path.exists():
-        log.info("resume=true: %s is complete already", run_dir)
-        return json.loads(summary_path.read_text())
-    if not cfg.resume and not cfg.dry_run:
-        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        previous = json.loads(summary_path.read_text())
+        if previous.get("status") == "ok":
+            # A resumed sweep numbers its jobs by position: a changed grid would silently return
+            # another combination's results. (Summaries older than the digest are trusted.)
+            if previous.get("config_digest", digest) != digest:
+                raise KdrunError(
+                    f"resume=true: {run_dir} holds a complete run of another config; resume with the same "
+                    "overrides (and the same order of sweep values) as before, or start a new run directory"
+                )
+            log.info("resume=true: %s is complete already", run_dir)
+            return previous
+        log.info("resume=true: %s failed before (%s); running it again", run_dir, previous.get("error"))
+    if not cfg.dry_run:
+        # Its presence means the run finished: a stale one (a failure, an earlier run) must not outlive this start.
+        summary_path.unlink(missing_ok=True)
+        if not cfg.resume:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     started = time.time()
     device = pick_device(cfg.device)
@@ -137,7 +151,7 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
              data.sizes["val"], data.sizes["test"], data.num_classes, device)
     with stop_on_signals() as should_stop:
         ctx = RunContext(cfg=cfg, run_dir=run_dir, device=device, data=data, metrics=MetricsLog(run_dir / "metrics.jsonl"),
-                         config_digest=config_digest(cfg), should_stop=should_stop)
+                         config_digest=digest, should_stop=should_stop)
         models = get_scheme(cfg.scheme.name)(ctx)
     if cfg.dry_run:
         from kdrun.report import print_layers
@@ -159,8 +173,19 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         "wall_time_s": round(time.time() - started, 2),
         "run_dir": str(run_dir.resolve()),
         "overrides": _overrides(),
+        "config_digest": digest,
         "versions": _versions(),
         "git_commit": _git_commit(),
     }
     write_json_atomic(summary_path, summary)
+    return summary
+
+
+def record_failure(run_dir: Path, error: str) -> dict:
+    """A sweep's job that raised: its summary.json says `failed` and why, so the sweep's summary
+    lists it and `resume=true` runs it again."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"status": "failed", "error": error, "run_dir": str(run_dir.resolve()), "overrides": _overrides()}
+    write_json_atomic(run_dir / "summary.json", summary)
     return summary

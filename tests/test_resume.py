@@ -110,3 +110,19 @@ def test_an_interrupted_teacher_resumes_in_the_cache(tmp_path, monkeypatch):
     lines = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines if r["model"] == "teacher"] == [1, 2, 3]
     assert summary["teacher"]["test_errors"] == reference["teacher"]["test_errors"]
+
+
+def test_resume_runs_a_failed_job_again(tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "error": "out of memory"}))
+    summary = run(make_cfg(*ARGS, "epochs=1", "resume=true", tmp=tmp_path), run_dir)
+    assert summary["status"] == "ok" and summary["student"]["test_images"] == 256
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
+
+
+def test_resume_refuses_a_complete_run_of_another_config(tmp_path):
+    """A resumed sweep finds its jobs by number: a changed grid must not return another job's results."""
+    run(make_cfg(*ARGS, "epochs=1", tmp=tmp_path), tmp_path / "r")
+    with pytest.raises(KdrunError, match="resume=true: .*complete run of another config"):
+        run(make_cfg(*ARGS, "epochs=1", "T=8", "resume=true", tmp=tmp_path), tmp_path / "r")

@@ -1,0 +1,279 @@
+"""Sweeps: the summary and plots every multirun ends with, seed means, kdrun-report, failed jobs,
+resuming a sweep, and Hydra's launcher and sweeper plugins. All on tiny fake data."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdrun.report import main as report_main
+from kdrun.report import write_report
+from kdrun.sweep import aggregate_seeds, read_jobs, summarise
+from tests.conftest import DATA_DIR, ROOT, TINY, kdrun_cli
+
+FAKE = [*TINY, "teacher=mlp800", "dataset=fake"]
+
+
+def _csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def _is_png(path: Path) -> bool:
+    return path.is_file() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 2000
+
+
+# --- a real 2x2 sweep with one infeasible combination --------------------------------------------
+
+@pytest.fixture(scope="module")
+def failed_sweep(tmp_path_factory):
+    """dataset.num_train=300,600 x dataset.val_split=0.1,400: only (300, 400) cannot hold out 400 images."""
+    tmp = tmp_path_factory.mktemp("failed_sweep")
+    sweep = tmp / "sweep"
+    proc = kdrun_cli("-m", *FAKE, "dataset.num_train=300,600", "dataset.val_split=0.1,400",
+                     f"hydra.sweep.dir={sweep}", f"teacher_cache={tmp / 'teachers'}", cwd=tmp)
+    return sweep, proc
+
+
+def test_a_failed_job_is_recorded_and_the_sweep_runs_on(failed_sweep):
+    sweep, proc = failed_sweep
+    rows = {r["job"]: r for r in _csv(sweep / "summary.csv")}
+    assert {j: r["status"] for j, r in rows.items()} == {"0": "ok", "1": "failed", "2": "ok", "3": "ok"}
+    failed = rows["1"]
+    assert (failed["dataset.num_train"], failed["dataset.val_split"]) == ("300", "400")
+    assert "holds out 400 of only 300 training images" in failed["error"]
+    assert failed["student_test_acc"] == ""
+    record = json.loads((sweep / "1" / "summary.json").read_text())
+    assert record["status"] == "failed" and record["error"] == failed["error"]
+    for job in ("0", "2", "3"):
+        row, summary = rows[job], json.loads((sweep / job / "summary.json").read_text())
+        assert row["error"] == "" and 0 < float(row["teacher_test_acc"]) <= 1
+        assert float(row["student_test_acc"]) == summary["student"]["test_acc"]
+        assert float(row["student_val_acc"]) == summary["student"]["best_val_acc"]
+        assert _is_png(sweep / "curves" / f"{job}.png")
+    assert not (sweep / "curves" / "1.png").exists()  # it never trained
+    assert _is_png(sweep / "heatmap.png")  # two keys swept: num_train x val_split
+    # summary.md: best (validation accuracy) first, the failed job last
+    md_jobs = [line.split("|")[1].strip() for line in (sweep / "summary.md").read_text().splitlines()
+               if line.startswith("| ") and not line.startswith("| job")]
+    best = max(("0", "2", "3"), key=lambda j: float(rows[j]["student_val_acc"]))
+    assert md_jobs[0] == best and md_jobs[-1] == "1" and len(md_jobs) == 4
+    # the sweep's table and closing line
+    assert "kdrun sweep: 4 jobs" in proc.stdout and "3 ok, 1 failed, 0 missing" in proc.stdout.replace("\n", " ")
+
+
+def test_kdrun_report_on_a_copied_sweep_reproduces_its_summary(failed_sweep, tmp_path):
+    sweep, _ = failed_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    for name in ("summary.csv", "summary.md", "heatmap.png"):
+        (copy / name).unlink()
+    shutil.rmtree(copy / "curves")
+    proc = subprocess.run([sys.executable, "-m", "kdrun.report", str(copy)], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (copy / "summary.csv").read_bytes() == (sweep / "summary.csv").read_bytes()
+    assert (copy / "summary.md").read_text() == (sweep / "summary.md").read_text()
+    assert _is_png(copy / "heatmap.png") and len(list((copy / "curves").glob("*.png"))) == 3
+
+
+def test_kdrun_report_is_a_console_script():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["kdrun-report"] == "kdrun.report:main"
+
+
+def test_kdrun_report_mistakes_end_with_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        report_main([str(tmp_path / "empty")])
+    assert str(e.value.code).startswith("kdrun-report: error: no run directories under")
+    with pytest.raises(SystemExit) as e:
+        report_main([str(tmp_path / "nowhere")])
+    assert "no such directory" in str(e.value.code)
+    with pytest.raises(SystemExit) as e:
+        report_main([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert "--out" in str(e.value.code)
+
+
+# --- seed means and the scratch baseline, on made-up summaries -----------------------------------
+
+def _fake_job(folder: Path, overrides: list[str], student_acc=None, kd=("hinton",), error=None):
+    """A run directory as a job leaves it: Hydra's overrides.yaml, and summary.json once it ended."""
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    if error is not None:
+        summary = {"status": "failed", "error": error}
+    elif student_acc is not None:
+        summary = {"status": "ok", "kd": list(kd), "wall_time_s": 1.0,
+                   "student": {"test_acc": student_acc, "best_val_acc": student_acc - 0.01},
+                   "teacher": {"test_acc": 0.99} if kd else None}
+    else:
+        return  # still running, or killed: missing
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture
+def made_up_sweep(tmp_path):
+    sweep = tmp_path / "sweep"
+    jobs = [
+        (["T=1", "seed=0"], 0.90), (["T=1", "seed=1"], 0.92), (["T=1", "seed=2"], 0.97),
+        (["T=2", "seed=0"], 0.80), (["T=2", "seed=1"], 0.85), (["T=2", "seed=2"], "failed"),
+        (["kd=none", "seed=0"], 0.70), (["kd=none", "seed=1"], 0.74),
+        (["kd=none", "seed=0", "epochs=5"], 0.60), (["T=1", "seed=0", "epochs=5"], 0.66),
+        (["T=3", "seed=0", "resume=true", "progress=false"], None),
+    ]
+    for i, (overrides, result) in enumerate(jobs):
+        kd = () if "kd=none" in overrides else ("hinton",)
+        if kd:  # a teacher setting cannot matter to the scratch baseline, which has none
+            overrides = [*overrides[:2], "teacher.epochs=3", *overrides[2:]]
+        if result == "failed":
+            _fake_job(sweep / str(i), overrides, error="the training loss became nan; lower the learning rate (lr)")
+        else:
+            _fake_job(sweep / str(i), overrides, result, kd=kd)
+    return sweep
+
+
+def test_seed_means_and_sample_stds_by_hand(made_up_sweep):
+    jobs = read_jobs([made_up_sweep])
+    assert [j.name for j in jobs] == [str(i) for i in range(11)]  # job 10 after job 9
+    summary = summarise(jobs)
+    # resume and progress are bookkeeping, not keys
+    assert summary.keys == ["T", "seed", "teacher.epochs", "kd", "epochs"]
+    assert [r["status"] for r in summary.rows] == ["ok"] * 5 + ["failed"] + ["ok"] * 4 + ["missing"]
+    columns, groups = aggregate_seeds(summary)
+    assert "seed" not in columns
+    by_key = {(g["T"], g["kd"], g["epochs"]): g for g in groups}
+    approx = lambda x: pytest.approx(x, abs=1e-6)  # noqa: E731
+
+    t1 = by_key[("1", "", "")]  # 0.90, 0.92, 0.97: mean 0.93, deviations -.03 -.01 .04
+    assert (t1["n"], t1["jobs"]) == (3, "0 1 2")
+    assert t1["student_test_acc_mean"] == approx(0.93)
+    assert t1["student_test_acc_std"] == approx((0.0026 / 2) ** 0.5)  # sample std: n - 1 = 2, not pstdev's 3
+    assert t1["student_val_acc_mean"] == approx(0.92) and t1["teacher_test_acc_mean"] == approx(0.99)
+    # the scratch baseline: the kd=none jobs with the same other keys, any seed: (0.70 + 0.74) / 2
+    assert t1["scratch_test_acc"] == approx(0.72) and t1["gain_mean"] == approx(0.21)
+
+    t2 = by_key[("2", "", "")]  # 0.80, 0.85 and a failed seed: the failure is counted, not averaged
+    assert (t2["n"], t2["n_failed"], t2["n_missing"]) == (2, 1, 0)
+    assert t2["student_test_acc_mean"] == approx(0.825) and t2["student_test_acc_std"] == approx(0.025 * 2 ** 0.5)
+    assert t2["gain_mean"] == approx(0.105) and "loss became nan" in t2["error"]
+
+    scratch = by_key[("", "none", "")]
+    assert scratch["student_test_acc_mean"] == approx(0.72)
+    assert scratch["student_test_acc_std"] == approx(0.02 * 2 ** 0.5)
+    assert scratch["gain_mean"] == approx(0.0)
+    # epochs=5 jobs are matched to the epochs=5 baseline only (0.60), and one value has no std
+    five = by_key[("1", "", "5")]
+    assert (five["n"], five["student_test_acc_std"]) == (1, None)
+    assert five["scratch_test_acc"] == approx(0.60) and five["gain_mean"] == approx(0.06)
+    assert by_key[("", "none", "5")]["scratch_test_acc"] == approx(0.60)
+    missing = by_key[("3", "", "")]
+    assert (missing["n"], missing["n_missing"], missing["student_test_acc_mean"]) == (0, 1, None)
+
+
+def test_report_files_on_made_up_summaries(made_up_sweep, tmp_path):
+    out = tmp_path / "report"
+    result = write_report([made_up_sweep], out)
+    assert (result["ok"], result["failed"], result["missing"]) == (9, 1, 1)
+    rows = _csv(out / "summary.csv")
+    assert len(rows) == 11 and rows[0]["gain"] == "0.18"  # 0.90 - 0.72
+    seeds = {(r["T"], r["kd"], r["epochs"]): r for r in _csv(out / "summary_seeds.csv")}
+    assert float(seeds[("1", "", "")]["student_test_acc_std"]) == pytest.approx(0.036056, abs=1e-6)
+    assert seeds[("2", "", "")]["n_failed"] == "1"
+    assert not (out / "heatmap.png").exists() and not (out / "lineplot.png").exists()  # three keys vary
+
+    # One key swept (T, over seeds): a line plot with error bars.
+    for job in ("6", "7", "8", "9"):
+        shutil.rmtree(made_up_sweep / job)
+    result = write_report([made_up_sweep], out)
+    assert "lineplot.png" in result["written"] and _is_png(out / "lineplot.png")
+    assert not (out / "heatmap.png").exists()
+
+
+# --- resume a sweep killed midway ----------------------------------------------------------------
+
+def _snapshot(run_dir: Path) -> dict:
+    files = [run_dir / "summary.json", run_dir / "metrics.jsonl", *sorted((run_dir / "checkpoints").iterdir())]
+    return {f.name: (f.stat().st_mtime_ns, f.read_bytes()) for f in files}
+
+
+def test_resume_a_sweep_interrupted_midway(tmp_path):
+    """Jobs 0 and 1 are short, job 2 long: Ctrl-C in job 2 stops the whole sweep (job 3 never starts);
+    the same command plus resume=true skips 0 and 1 untouched, resumes 2 from its checkpoint, runs 3."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *FAKE, "dataset.num_train=300", "epochs=1,5", "seed=0,1", f"hydra.sweep.dir={sweep}",
+            f"teacher_cache={tmp_path / 'teachers'}"]
+    env = {**os.environ, "KDRUN_DATA_DIR": str(DATA_DIR)}
+    proc = subprocess.Popen([sys.executable, "-m", "kdrun", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    checkpoint = sweep / "2" / "checkpoints" / "student_last.pt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not checkpoint.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "interrupted" in err
+    assert not (sweep / "2" / "summary.json").exists() and not (sweep / "3").exists()
+    assert not (sweep / "summary.csv").exists()  # an interrupted sweep ends without its summary
+    finished = {job: _snapshot(sweep / job) for job in ("0", "1")}
+    cut_lines = (sweep / "2" / "metrics.jsonl").read_text().splitlines()
+    cut_epochs = [json.loads(x)["epoch"] for x in cut_lines if json.loads(x)["model"] == "student"]
+    assert 1 <= len(cut_epochs) < 5
+
+    kdrun_cli(*args, "resume=true", cwd=tmp_path)
+    for job in ("0", "1"):
+        assert _snapshot(sweep / job) == finished[job], f"job {job} was run again"
+    lines = (sweep / "2" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines if json.loads(x)["model"] == "student"] == list(range(1, 6))
+    assert lines[:len(cut_lines)] == cut_lines  # the epochs before the interruption were not trained again
+    rows = _csv(sweep / "summary.csv")
+    assert [(r["job"], r["status"], r["epochs"], r["seed"]) for r in rows] == [
+        ("0", "ok", "1", "0"), ("1", "ok", "1", "1"), ("2", "ok", "5", "0"), ("3", "ok", "5", "1")]
+    assert "resume" not in rows[0]
+
+
+# --- Hydra's launcher and sweeper plugins --------------------------------------------------------
+
+def _teacher_sources(sweep: Path, jobs: int) -> list[str]:
+    return sorted(json.loads((sweep / str(i) / "summary.json").read_text())["teacher"]["source"] for i in range(jobs))
+
+
+def test_joblib_launcher_with_two_workers_trains_one_teacher(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = kdrun_cli("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *FAKE, "T=1,4",
+                     f"hydra.sweep.dir={sweep}", f"teacher_cache={tmp_path / 'teachers'}", cwd=tmp_path)
+    assert "Joblib.Parallel(n_jobs=2" in proc.stdout + proc.stderr
+    assert _teacher_sources(sweep, 2) == ["cache", "trained"]  # the cache's lock: one teacher per sweep
+    assert [r["status"] for r in _csv(sweep / "summary.csv")] == ["ok", "ok"]
+
+
+def test_submitit_local_launcher(tmp_path):
+    sweep = tmp_path / "sweep"
+    kdrun_cli("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *FAKE, "kd=none", "seed=0,1",
+              f"hydra.sweep.dir={sweep}", f"teacher_cache={tmp_path / 'teachers'}", cwd=tmp_path)
+    assert len(list((sweep / ".submitit").glob("*/*_result.pkl"))) == 2  # each job ran as a submitit job
+    assert [(r["seed"], r["status"]) for r in _csv(sweep / "summary.csv")] == [("0", "ok"), ("1", "ok")]
+
+
+def test_optuna_search_maximises_the_validation_accuracy(tmp_path):
+    sweep = tmp_path / "sweep"
+    kdrun_cli("-m", "hydra/sweeper=kd_optuna", "hydra.sweeper.n_trials=3", *FAKE, f"hydra.sweep.dir={sweep}",
+              f"teacher_cache={tmp_path / 'teachers'}", cwd=tmp_path)
+    rows = _csv(sweep / "summary.csv")
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    assert all(1 <= float(r["T"]) <= 20 and 0 <= float(r["alpha"]) <= 1 for r in rows)
+    assert len({r["T"] for r in rows}) == 3  # three different trials
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert result["best_value"] == max(float(r["student_val_acc"]) for r in rows)  # maximised, not minimised
+    best = [float(r["T"]) for r in rows if float(r["student_val_acc"]) == result["best_value"]]
+    assert result["best_params"]["T"] == pytest.approx(best[0]) or result["best_params"]["T"] in best
