@@ -31,11 +31,22 @@ test: $(STAMP) ## Run the fast test suite (a few minutes on 2 CPU cores)
 test-slow: $(STAMP) ## Run the long tests too
 	$(PY) -m pytest -q -m ''
 
-reproduce-mnist: $(STAMP) ## Hinton et al. (2015) MNIST: teacher 1200-1200, student 800-800 distilled
-	$(VENV)/bin/kdrun
+reproduce-mnist: $(STAMP) ## Hinton et al. (2015) MNIST table, with the omitted-3 experiment (~20 min on 2 CPU cores)
+	$(PY) -m kdrun.reproduce outputs/reproduce-mnist --omit3
+
+reproduce-mnist-omit3: reproduce-mnist ## The omitted-3 experiment (a section of the same report)
+
+reproduce-mnist-quick: $(STAMP) ## The same table in a few minutes (fewer epochs)
+	$(PY) -m kdrun.reproduce outputs/reproduce-mnist-quick --preset hinton_mnist_quick
+
+reproduce-mnist-full: $(STAMP) ## Paper-length training (for a GPU: hours on a CPU)
+	$(PY) -m kdrun.reproduce outputs/reproduce-mnist-full --preset hinton_mnist_paper --omit3
+
+bench: $(STAMP) ## Images/s of the default MNIST experiment: student alone, live teacher, cached logits, DataLoader
+	$(PY) -m kdrun.bench
 
 clean: ## Remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
 
-.PHONY: help install test test-slow reproduce-mnist clean
+.PHONY: help install test test-slow reproduce-mnist reproduce-mnist-omit3 reproduce-mnist-quick reproduce-mnist-full bench clean

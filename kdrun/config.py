@@ -45,6 +45,7 @@ class ModelConfig:
     milestones: List[int] = field(default_factory=list)  # epochs where multistep multiplies by gamma
     gamma: float = 0.1
     augment: bool = True  # use the dataset's training augmentation
+    exclude_classes: List[int] = field(default_factory=list)  # train without these classes (a transfer set)
     layers: LayersConfig = field(default_factory=LayersConfig)
 
 
@@ -101,6 +102,9 @@ def _run_config_class():
         "progress": bool,
         "dry_run": bool,
         "cache_teacher_logits": bool,
+        "amp": str,
+        "channels_last": str,
+        "compile": bool,
     }
     defaults = {
         "teacher": field(default_factory=TeacherConfig),
@@ -120,6 +124,9 @@ def _run_config_class():
         "progress": True,
         "dry_run": False,
         "cache_teacher_logits": True,
+        "amp": "auto",
+        "channels_last": "auto",
+        "compile": False,
     }
     cls = type("RunConfig", (), {"__annotations__": annotations, **defaults})
     return dataclass(init=False, repr=False, eq=False)(cls)
@@ -163,6 +170,10 @@ def check(cfg: DictConfig) -> None:
         _fail("lambda", lam, "the weight of the hard-label term must be in [0, 1] (or null for 1 - alpha)")
     if cfg.epochs is not None and cfg.epochs < 1:
         _fail("epochs", cfg.epochs, "must be at least 1 (or null for student.epochs)")
+    if cfg.amp not in ("auto", "off", "bf16", "fp16"):
+        _fail("amp", cfg.amp, "choose auto, off, bf16 or fp16")
+    if cfg.channels_last not in ("auto", "on", "off"):
+        _fail("channels_last", cfg.channels_last, "choose auto, on or off")
     _check_recipe("teacher", cfg.teacher)
     _check_recipe("student", cfg.student)
     d = cfg.dataset

@@ -172,7 +172,8 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         first_epoch, best_epoch, best_acc = state["epoch"] + 1, state["best_epoch"], state["best_val_acc"]
         metrics.drop_after(role, state["epoch"])
-    train_loader = data.loader("train", recipe.batch_size, shuffle=True, augment=recipe.augment, extras=train_extras)
+    train_loader = data.loader("train", recipe.batch_size, shuffle=True, augment=recipe.augment, extras=train_extras,
+                               exclude=recipe.exclude_classes)
     val_loader = data.loader("val", 1024) if data.has_val else None
 
     for epoch in range(first_epoch, epochs + 1):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import torch
 
@@ -35,14 +35,15 @@ class DataBundle:
     in_memory: bool = True  # held as tensors: loaders can also yield per-image extras (cached logits)
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
-               extras: Optional[Dict[str, torch.Tensor]] = None) -> Iterable:
+               extras: Optional[Dict[str, torch.Tensor]] = None, exclude: Sequence[int] = ()) -> Iterable:
         """Batches of (images, labels), or (images, labels, {name: extra[idx]}) with `extras`: tensors
-        with one row per image of the split, in its order (e.g. a teacher's cached logits)."""
+        with one row per image of the split, in its order (e.g. a teacher's cached logits). Images of
+        the classes in `exclude` are left out (e.g. Hinton et al.'s transfer set without any 3)."""
         if self.sizes.get(split, 0) == 0:
             raise ValueError(f"the {split} split is empty")
         if extras is not None and not self.in_memory:
             raise ValueError("per-image extras need an in-memory dataset")
-        return self.make_loader(split, batch_size, shuffle, augment, extras)
+        return self.make_loader(split, batch_size, shuffle, augment, extras, tuple(exclude))
 
     @property
     def has_val(self) -> bool:

@@ -47,8 +47,12 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
     }
     splits = {k: (x.contiguous().to(device), y.long().to(device)) for k, (x, y) in splits.items()}
 
-    def make_loader(split, batch_size, shuffle, augment, extras=None):
+    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
         x, y = splits[split]
+        if exclude:
+            keep = ~torch.isin(y, torch.tensor(exclude, device=y.device))
+            x, y = x[keep], y[keep]
+            extras = {k: v[keep.to(v.device)] for k, v in (extras or {}).items()} or None
         shift, hflip = (cfg.shift, cfg.hflip) if augment else (0, False)
         return TensorLoader(x, y, batch_size, cfg.mean, cfg.std, shuffle=shuffle, shift=shift, hflip=hflip,
                             extras=extras)
@@ -167,10 +171,11 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
         ds.transform = transform
         return ds
 
-    def make_loader(split, batch_size, shuffle, augment, extras=None):
+    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
         ds = with_transform(source[split], augmented if augment else plain)
+        chosen = [i for i in indices[split].tolist() if ds.targets[i] not in exclude]
         return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(ds, indices[split].tolist()),
+            torch.utils.data.Subset(ds, chosen),
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=cfg.num_workers,

@@ -172,6 +172,8 @@ class Distiller(nn.Module):
         methods: Optional[Dict[str, KDMethod]] = None,
         ce_weight: float = 1.0,
         example: Optional[torch.Tensor] = None,
+        amp_dtype: Optional[torch.dtype] = None,
+        channels_last: bool = False,
     ):
         super().__init__()
         methods = methods or {}
@@ -180,6 +182,8 @@ class Distiller(nn.Module):
         self.student = student
         self.methods = nn.ModuleDict(methods)
         self.ce_weight = ce_weight
+        self.amp_dtype = amp_dtype  # autocast for the forward pass (mixed precision); None: full precision
+        self.channels_last = channels_last  # feed images in the layout the (converted) models expect
         # Not registered as a submodule: the teacher is not trained, not saved with the student,
         # and .train() cannot switch it out of eval mode.
         self._teacher = [freeze(teacher)] if teacher is not None and methods else []
@@ -246,6 +250,16 @@ class Distiller(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None
                 ) -> Dict[str, torch.Tensor]:
         """`teacher_logits`, when given (cached for un-augmented inputs), replace running the teacher."""
+        if self.amp_dtype is not None:
+            with torch.autocast(x.device.type, dtype=self.amp_dtype):
+                out = self._forward(x, y, teacher_logits)
+            # The losses are summed and logged in full precision.
+            return {k: v.float() for k, v in out.items()}
+        return self._forward(x, y, teacher_logits)
+
+    def _forward(self, x, y, teacher_logits):
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         logits, teacher_logits = self._run(x, teacher_logits)
         # With weight 0 (a first stage on a KD term alone) there is no CE term at all: a zero-weighted
         # one would still give the classifier zero gradients, and weight decay would then move it.

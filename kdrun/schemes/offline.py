@@ -11,6 +11,7 @@ from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, model_meta
 from kdrun.schemes import RunContext, example_batch
+from kdrun.speed import accelerate, amp_dtype, use_channels_last
 from kdrun.teachers import cached_train_logits, get_teacher, test_report
 
 
@@ -24,10 +25,13 @@ def run(ctx: RunContext) -> dict:
         teacher, teacher_info = get_teacher(cfg, data, device, ctx.metrics, cfg.progress, ctx.should_stop,
                                             train=not cfg.dry_run)
     reseed(cfg.seed, "student")
-    student = build_from_config(cfg.student, data).to(device)
+    student = accelerate(build_from_config(cfg.student, data).to(device), cfg, device)
+    if teacher is not None:
+        accelerate(teacher, cfg, device)
     meta = model_meta(cfg.student, data)
+    speed = dict(amp_dtype=amp_dtype(cfg.amp, device), channels_last=use_channels_last(cfg.channels_last, device, student))
     # Built with every method, so that the dry pass sizes all adapters before any training.
-    full = Distiller(student, teacher, methods, ce_weight(cfg), example=example_batch(data, device))
+    full = Distiller(student, teacher, methods, ce_weight(cfg), example=example_batch(data, device), **speed)
     if cfg.dry_run:
         return {"teacher": teacher_info, "layers": full.layer_report}
     ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -40,12 +44,12 @@ def run(ctx: RunContext) -> dict:
         method.prepare(teacher, data, device, cfg.seed)
     for name, method in methods.items():  # first stages (FitNets' hints, FSP/AB initialisation)
         if method.stage1_epochs:
-            stage = Distiller(student, teacher, {name: method}, ce_weight=0.0)
+            stage = Distiller(student, teacher, {name: method}, ce_weight=0.0, **speed)
             fit(stage, data, cfg.student, method.stage1_epochs, role=f"student.{name}", **common)
     extras = _cached_logits(cfg, methods, data, teacher, teacher_info, device)
     common["train_extras"] = extras
     joint = {name: m for name, m in methods.items() if m.joint}
-    distiller = full if len(joint) == len(methods) else Distiller(student, teacher, joint, ce_weight(cfg))
+    distiller = full if len(joint) == len(methods) else Distiller(student, teacher, joint, ce_weight(cfg), **speed)
     result = fit(distiller, data, cfg.student, student_epochs(cfg), role="student", **common)
     load_weights(student, result.best_path, "student checkpoint", **meta)
     student_info = {"arch": cfg.student.name,

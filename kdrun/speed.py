@@ -1,0 +1,44 @@
+"""GPU speed options: mixed precision, channels_last memory layout and torch.compile.
+
+`auto` turns the first two on where they pay off (bf16 autocast on a CUDA device that supports it,
+channels_last for convolutional models on CUDA) and off elsewhere; compile is opt-in, as it costs
+minutes of compilation before the first step."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from kdrun import KdrunError
+
+
+def amp_dtype(setting: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for `amp` = auto | off | bf16 | fp16 (fp16 only on CUDA)."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if setting == "bf16":
+        return torch.bfloat16
+    if setting == "fp16":
+        if device.type != "cuda":
+            raise KdrunError(f"amp=fp16 needs a CUDA device (this run is on {device}); use amp=bf16 or amp=off")
+        return torch.float16
+    raise KdrunError(f"amp={setting}: choose auto, off, bf16 or fp16")
+
+
+def use_channels_last(setting: str, device: torch.device, model: nn.Module) -> bool:
+    if setting not in ("auto", "on", "off"):
+        raise KdrunError(f"channels_last={setting}: choose auto, on or off")
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    return has_conv and (setting == "on" or (setting == "auto" and device.type == "cuda"))
+
+
+def accelerate(model: nn.Module, cfg, device: torch.device) -> nn.Module:
+    """Applies channels_last and compile to a model, in place (its state_dict keys do not change)."""
+    if use_channels_last(cfg.channels_last, device, model):
+        model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()
+    return model
