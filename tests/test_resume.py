@@ -1,6 +1,7 @@
 """Interrupting a run and resuming it gives the same result as never stopping."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -24,25 +25,32 @@ def _student_lines(run_dir):
     return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_sec")} for r in lines if r["model"] == "student"]
 
 
+@contextlib.contextmanager
+def stop_in_epoch(n: int, monkeypatch):
+    """Makes the n-th trained epoch of the process stop at its first step, as a signal would."""
+    import kdrun.engine as engine
+
+    original, calls = engine.train_one_epoch, {"n": 0}
+
+    def stopping(model, loader, optimizer, device, desc, progress=True, should_stop=lambda: False):
+        calls["n"] += 1
+        return original(model, loader, optimizer, device, desc, progress, should_stop=lambda: calls["n"] == n)
+
+    monkeypatch.setattr(engine, "train_one_epoch", stopping)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(engine, "train_one_epoch", original)
+
+
 def test_resume_after_an_interruption_matches_an_uninterrupted_run(tmp_path, monkeypatch):
     full = run(make_cfg(*ARGS, tmp=tmp_path), tmp_path / "full")
 
     # Interrupt the second run in its third epoch, as a signal would.
-    import kdrun.engine as engine
-
-    calls = {"n": 0}
-    original = engine.train_one_epoch
-
-    def stop_in_epoch_3(model, loader, optimizer, device, desc, progress=True, should_stop=lambda: False):
-        calls["n"] += 1
-        return original(model, loader, optimizer, device, desc, progress, should_stop=lambda: calls["n"] == 3)
-
-    monkeypatch.setattr(engine, "train_one_epoch", stop_in_epoch_3)
-    with pytest.raises(Interrupted):
+    with stop_in_epoch(3, monkeypatch), pytest.raises(Interrupted):
         run(make_cfg(*ARGS, tmp=tmp_path), tmp_path / "cut")
     assert torch.load(tmp_path / "cut" / "checkpoints" / "student_last.pt", weights_only=True)["epoch"] == 2
     assert not (tmp_path / "cut" / "summary.json").exists()
-    monkeypatch.setattr(engine, "train_one_epoch", original)
 
     resumed = run(make_cfg(*ARGS, "resume=true", tmp=tmp_path), tmp_path / "cut")
     assert _student_lines(tmp_path / "cut") == _student_lines(tmp_path / "full")
@@ -91,19 +99,8 @@ def test_an_interrupted_teacher_resumes_in_the_cache(tmp_path, monkeypatch):
     args = [*ARGS, "teacher.epochs=3"]
     reference = run(make_cfg(*args, "teacher_cache=" + str(tmp_path / "ref")), tmp_path / "ref_run")
 
-    import kdrun.engine as engine
-
-    original = engine.train_one_epoch
-    calls = {"n": 0}
-
-    def stop_in_teacher_epoch_2(model, loader, optimizer, device, desc, progress=True, should_stop=lambda: False):
-        calls["n"] += 1
-        return original(model, loader, optimizer, device, desc, progress, should_stop=lambda: calls["n"] == 2)
-
-    monkeypatch.setattr(engine, "train_one_epoch", stop_in_teacher_epoch_2)
-    with pytest.raises(Interrupted):
+    with stop_in_epoch(2, monkeypatch), pytest.raises(Interrupted):  # the teacher's second epoch
         run(make_cfg(*args, tmp=tmp_path), tmp_path / "a")
-    monkeypatch.setattr(engine, "train_one_epoch", original)
 
     summary = run(make_cfg(*args, tmp=tmp_path), tmp_path / "b")
     assert summary["teacher"]["source"] == "trained"
