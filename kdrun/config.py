@@ -16,6 +16,8 @@ from kdrun import KdrunError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep")
+SCHEMES = ("offline", "online", "self", "self_byot")
+COMBINES = ("mean_probs", "mean_logits")
 
 
 @dataclass
@@ -50,9 +52,23 @@ class ModelConfig:
 
 
 @dataclass
-class TeacherConfig(ModelConfig):
+class MemberConfig(ModelConfig):
     checkpoint: Optional[str] = None  # load these weights instead of training (bypasses the cache)
     seed: Optional[int] = None  # null: the run's seed; fix it to share one teacher across seeds
+
+
+@dataclass
+class TeacherConfig(MemberConfig):
+    # Every teacher option also files a copy of itself here, so `teacher=[resnet18,lenet5]` (Hydra's
+    # multiple selection, which merges the options' top-level keys) keeps each member whole. With one
+    # member the top-level keys are the teacher; with several, these entries are.
+    members: Dict[str, MemberConfig] = field(default_factory=dict)
+    ensemble_seeds: List[int] = field(default_factory=list)  # an ensemble of each member over these seeds
+
+
+@dataclass
+class EnsembleConfig:
+    combine: str = "mean_probs"  # the soft targets: mean of the members' tempered probabilities, or mean_logits
 
 
 @dataclass
@@ -77,7 +93,13 @@ class DatasetConfig:
 
 @dataclass
 class SchemeConfig:
-    name: str = MISSING  # offline
+    name: str = MISSING  # offline, online, self, self_byot
+    peers: Optional[int] = None  # online: null trains the teacher and student together; K: K student peers
+    generations: int = 2  # self: born-again generations after generation 0
+    heads: Optional[List[str]] = None  # self_byot: student layers that get an exit head; null: stages but the last
+    feature_weight: float = 0.03  # self_byot: weight of the L2 hint towards the deepest feature (lambda)
+    alpha: float = 0.3  # self_byot: weight of the heads' KL term towards the deepest classifier (1 - alpha: CE)
+    T: float = 3.0  # self_byot: temperature of that KL term
 
 
 def _run_config_class():
@@ -90,6 +112,7 @@ def _run_config_class():
         "dataset": DatasetConfig,
         "kd": Dict[str, Any],
         "scheme": SchemeConfig,
+        "ensemble": EnsembleConfig,
         "T": float,
         "alpha": float,
         "lambda": Optional[float],
@@ -112,6 +135,7 @@ def _run_config_class():
         "dataset": field(default_factory=DatasetConfig),
         "kd": field(default_factory=dict),
         "scheme": field(default_factory=SchemeConfig),
+        "ensemble": field(default_factory=EnsembleConfig),
         "T": 4.0,
         "alpha": 0.9,
         "lambda": None,
@@ -174,7 +198,12 @@ def check(cfg: DictConfig) -> None:
         _fail("amp", cfg.amp, "choose auto, off, bf16 or fp16")
     if cfg.channels_last not in ("auto", "on", "off"):
         _fail("channels_last", cfg.channels_last, "choose auto, on or off")
-    _check_recipe("teacher", cfg.teacher)
+    if cfg.ensemble.combine not in COMBINES:
+        _fail("ensemble.combine", cfg.ensemble.combine, f"choose one of {', '.join(COMBINES)}")
+    members = teacher_members(cfg)  # also checks the ensemble's settings
+    for name, member in members.items():
+        _check_recipe("teacher" if name == "teacher" else f"teacher.members.{name.split('.s')[0]}", member)
+    _check_scheme(cfg.scheme)
     _check_recipe("student", cfg.student)
     d = cfg.dataset
     if d.val_split < 0:
@@ -187,6 +216,59 @@ def check(cfg: DictConfig) -> None:
         _fail("dataset.std", list(d.std), "needs one value per channel, like dataset.mean")
     if any(s <= 0 for s in d.std):
         _fail("dataset.std", list(d.std), "every value must be > 0")
+
+
+def _check_scheme(s: DictConfig) -> None:
+    if s.name not in SCHEMES:
+        _fail("scheme.name", s.name, f"unknown: choose one of {', '.join(SCHEMES)}")
+    if s.peers is not None and s.peers < 2:
+        _fail("scheme.peers", s.peers, "mutual learning needs at least 2 peers (or null: teacher and student)")
+    if s.generations < 1:
+        _fail("scheme.generations", s.generations, "must be at least 1 (generation 0 is trained from labels)")
+    if s.feature_weight < 0:
+        _fail("scheme.feature_weight", s.feature_weight, "must be >= 0")
+    if not 0 <= s.alpha <= 1:
+        _fail("scheme.alpha", s.alpha, "the weight of the heads' KL term must be in [0, 1]")
+    if s.T <= 0:
+        _fail("scheme.T", s.T, "the temperature must be > 0 (the paper's is 3)")
+
+
+def teacher_members(cfg: DictConfig) -> Dict[str, DictConfig]:
+    """The teacher's config nodes by name: {"teacher": cfg.teacher} for one teacher; for an ensemble
+    (several options selected, or teacher.ensemble_seeds), one node per member and seed, named
+    `<option>` or `<option>.s<seed>`, each with its seed filled in."""
+    from omegaconf import OmegaConf
+
+    t = cfg.teacher
+    several = len(t.members) > 1
+    if not several and not t.ensemble_seeds:
+        return {"teacher": t}
+    if several and t.checkpoint:
+        _fail("teacher.checkpoint", t.checkpoint, "an ensemble takes one checkpoint per member: set "
+              "teacher.members.<option>.checkpoint instead")
+    if several:
+        # The top-level keys are the options merged in turn; a value that no member has was set on
+        # the command line, and would silently not apply to any member.
+        for key in t:
+            if key in ("members", "ensemble_seeds", "layers", "kwargs"):
+                continue
+            if all(t[key] != m[key] for m in t.members.values()):
+                _fail(f"teacher.{key}", t[key], f"with several teachers ({', '.join(t.members)}) each keeps its own "
+                      f"settings: set teacher.members.<option>.{key} (e.g. teacher.members.{next(iter(t.members))}"
+                      f".{key}=...)")
+    bases = dict(t.members) if several else {t.name: t}
+    out = {}
+    for option, node in bases.items():
+        node = OmegaConf.masked_copy(node, [k for k in node if k not in ("members", "ensemble_seeds")])
+        for seed in t.ensemble_seeds or [None]:
+            member = node.copy()
+            if seed is not None:
+                if member.checkpoint:
+                    _fail("teacher.ensemble_seeds", list(t.ensemble_seeds),
+                          f"the member {option} is loaded from a checkpoint, which has no seed to vary")
+                member.seed = int(seed)
+            out[option if seed is None else f"{option}.s{seed}"] = member
+    return out
 
 
 def ce_weight(cfg: DictConfig) -> float:

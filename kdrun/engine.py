@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -80,8 +80,10 @@ def train_one_epoch(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> dict:
     model.train()
+    # A trainer of several models (online peers, early-exit heads) prefixes each model's keys with
+    # its name ("peer1/loss_ce", "peer1/logits"); a plain Distiller's keys have no prefix.
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
-    correct = torch.zeros((), device=device, dtype=torch.long)
+    correct: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.long))
     seen = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if progress else True)
@@ -97,19 +99,23 @@ def train_one_epoch(
         optimizer.step()
         # Sums stay on the device: no host sync per step.
         for key, value in out.items():
-            if key.startswith("loss"):
+            prefix, _, term = key.rpartition("/")
+            if term.startswith("loss"):
                 sums[key] += value.detach() * len(y)
-        correct += (out["logits"].argmax(1) == y).sum()
+            elif term == "logits":
+                correct[prefix] += (value.argmax(1) == y).sum()
         seen += len(y)
         if step % 25 == 0 and not bar.disable:
-            bar.set_postfix(loss=f"{out['loss'].item():.4f}", acc=f"{correct.item() / seen:.3f}")
+            first = next(iter(correct))
+            bar.set_postfix(loss=f"{out['loss'].item():.4f}", acc=f"{correct[first].item() / seen:.3f}")
     seconds = time.perf_counter() - start
     if seen == 0:
         raise KdrunError("the training split has fewer than 2 images: raise dataset.train_subset or lower dataset.val_split")
     metrics = {f"train/{k}": (v / seen).item() for k, v in sums.items()}
     if not math.isfinite(metrics["train/loss"]):
         raise KdrunError(f"{desc}: the training loss became {metrics['train/loss']}; lower the learning rate (lr)")
-    metrics.update({"train/acc": correct.item() / seen, "seconds": seconds, "images_per_sec": seen / seconds})
+    metrics.update({f"train/{prefix}/acc" if prefix else "train/acc": c.item() / seen for prefix, c in correct.items()})
+    metrics.update({"seconds": seconds, "images_per_sec": seen / seconds})
     return metrics
 
 
@@ -134,8 +140,17 @@ class FitResult:
     best_path: Path
 
 
+def _member_record(train: dict, name: Optional[str]) -> dict:
+    """One model's share of a trainer's epoch metrics: its own `train/<name>/...` keys, unprefixed
+    (`name` None: the keys that have no model prefix)."""
+    if name is None:
+        return {k: v for k, v in train.items() if k.count("/") <= 1}
+    prefix = f"train/{name}/"
+    return {"train/" + k[len(prefix):]: v for k, v in train.items() if k.startswith(prefix)}
+
+
 def fit(
-    model: Distiller,
+    model: nn.Module,
     data,
     recipe,
     epochs: int,
@@ -150,16 +165,27 @@ def fit(
     train_extras: Optional[dict] = None,
     progress: bool = True,
     should_stop: Callable[[], bool] = lambda: False,
-) -> FitResult:
-    """Trains model.student (and any KD adapters) for `epochs`, keeping `<role>_last.pt` (every
-    epoch, for resuming) and `<role>_best.pt` (best validation accuracy). `meta` (architecture,
-    classes, channels) goes into both files, so that either can be loaded as a teacher checkpoint.
-    `train_extras` are per-image tensors handed to the model with each batch (cached teacher logits)."""
-    meta = meta or {}
-    last_path, best_path = ckpt_dir / f"{role}_last.pt", ckpt_dir / f"{role}_best.pt"
+    members: Optional[Dict[str, Tuple[nn.Module, dict]]] = None,
+):
+    """Trains everything in `model` that requires gradients (model.student and any KD adapters) for
+    `epochs`, keeping `<role>_last.pt` (every epoch, for resuming) and `<role>_best.pt` (best
+    validation accuracy). `meta` (architecture, classes, channels) goes into both files, so that
+    either can be loaded as a teacher checkpoint. `train_extras` are per-image tensors handed to the
+    model with each batch (cached teacher logits). Returns a FitResult.
+
+    `members` ({name: (module, meta)}) is for a trainer of several models at once (online peers,
+    early-exit heads) whose outputs carry a `<name>/` prefix: each member gets its own metrics line
+    (model=<name>), validation accuracy and `<name>_best.pt`; `<role>_last.pt` holds them all.
+    Returns {name: FitResult} then."""
+    single = members is None
+    if single:
+        members = {role: (model.student, meta or {})}
+    last_path = ckpt_dir / f"{role}_last.pt"
+    best_paths = {name: ckpt_dir / f"{name}_best.pt" for name in members}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(recipe, params)
-    first_epoch, best_epoch, best_acc = 1, 0, None
+    first_epoch = 1
+    best: Dict[str, Tuple[int, Optional[float]]] = {name: (0, None) for name in members}
     if resume and last_path.exists():
         state = load_checkpoint(last_path, f"resume ({role})")
         if state["config_digest"] != config_digest:
@@ -170,8 +196,9 @@ def fit(
         model.student.load_state_dict(state["model"])
         model.methods.load_state_dict(state["methods"])
         optimizer.load_state_dict(state["optimizer"])
-        first_epoch, best_epoch, best_acc = state["epoch"] + 1, state["best_epoch"], state["best_val_acc"]
-        metrics.drop_after(role, state["epoch"])
+        first_epoch, best = state["epoch"] + 1, {name: tuple(b) for name, b in state["best"].items()}
+        for name in members:
+            metrics.drop_after(name, state["epoch"])
     train_loader = data.loader("train", recipe.batch_size, shuffle=True, augment=recipe.augment, extras=train_extras,
                                exclude=recipe.exclude_classes)
     val_loader = data.loader("val", 1024) if data.has_val else None
@@ -181,23 +208,28 @@ def fit(
         lr = recipe.lr * lr_factor(recipe.schedule, epoch, epochs, recipe.milestones, recipe.gamma)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        record = {"model": role, "epoch": epoch, "lr": lr}
-        record.update(train_one_epoch(model, train_loader, optimizer, device, f"{role} {epoch}/{epochs}",
-                                      progress, should_stop))
-        improved = True
-        if val_loader is not None:
-            val = evaluate(model.student, val_loader, device)
-            record.update({"val/acc": val["acc"], "val/loss": val["loss"]})
-            improved = best_acc is None or val["acc"] > best_acc
-        if improved:
-            best_epoch, best_acc = epoch, record.get("val/acc")
-            save_checkpoint({**meta, "model": model.student.state_dict(), "methods": model.methods.state_dict(),
-                             "epoch": epoch, "val_acc": best_acc}, best_path)
-        metrics.write(record)
+        train = train_one_epoch(model, train_loader, optimizer, device, f"{role} {epoch}/{epochs}", progress,
+                                should_stop)
+        timing = {k: train.pop(k) for k in ("seconds", "images_per_sec")}
+        for name, (module, member_meta) in members.items():
+            record = {"model": name, "epoch": epoch, "lr": lr, **_member_record(train, None if single else name),
+                      **timing}
+            improved = True
+            if val_loader is not None:
+                val = evaluate(module, val_loader, device)
+                record.update({"val/acc": val["acc"], "val/loss": val["loss"]})
+                improved = best[name][1] is None or val["acc"] > best[name][1]
+            if improved:
+                best[name] = (epoch, record.get("val/acc"))
+                save_checkpoint({**member_meta, "model": module.state_dict(),
+                                 **({"methods": model.methods.state_dict()} if single else {}),
+                                 "epoch": epoch, "val_acc": best[name][1]}, best_paths[name])
+            metrics.write(record)
         save_checkpoint(
-            {**meta, "model": model.student.state_dict(), "methods": model.methods.state_dict(),
-             "optimizer": optimizer.state_dict(), "epoch": epoch, "best_epoch": best_epoch,
-             "best_val_acc": best_acc, "config_digest": config_digest},
+            {**(meta or {}), "model": model.student.state_dict(), "methods": model.methods.state_dict(),
+             "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best, "config_digest": config_digest},
             last_path,
         )
-    return FitResult(best_epoch=best_epoch, best_val_acc=best_acc, best_path=best_path)
+    results = {name: FitResult(best_epoch=best[name][0], best_val_acc=best[name][1], best_path=best_paths[name])
+               for name in members}
+    return results[role] if single else results

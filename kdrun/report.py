@@ -32,16 +32,26 @@ def _console() -> Console:
     return Console() if sys.stdout.isatty() else Console(width=160)
 
 
+def summary_rows(summary: dict) -> dict:
+    """Every model a run reports, by name: an offline run's teacher (and its ensemble's members) and
+    student; the peers, generations or exit heads of the other schemes, and their ensemble."""
+    rows = summary.get("models")
+    if not rows:
+        teacher = summary.get("teacher") or {}
+        rows = {**{f"teacher.{name}": info for name, info in (teacher.get("members") or {}).items()},
+                "teacher": summary.get("teacher"), "student": summary.get("student")}
+    if summary.get("ensemble"):
+        rows = {**rows, "ensemble": summary["ensemble"]}
+    return {name: info for name, info in rows.items() if info}
+
+
 def print_summary(summary: dict, console: Console | None = None) -> None:
     console = console or _console()
     table = Table(title=f"kdrun: {summary['dataset']}, kd={'+'.join(summary['kd']) or 'none'}, "
                         f"scheme={summary['scheme']}")
     for column in ("model", "arch", "params", "test acc", "errors", "val epoch", "source"):
         table.add_column(column, justify="left" if column in ("model", "arch", "source") else "right")
-    for role in ("teacher", "student"):
-        info = summary.get(role)
-        if not info:
-            continue
+    for role, info in summary_rows(summary).items():
         table.add_row(role, info["arch"], f"{info['params']:,}", f"{100 * info['test_acc']:.2f}%",
                       f"{info['test_errors']}/{info['test_images']}", str(info.get("best_val_epoch") or "-"),
                       info.get("source", "trained"))

@@ -10,14 +10,16 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Dict
 
 import torch
 from filelock import FileLock
+from omegaconf import OmegaConf
 from torch import nn
 
 from kdrun.checkpoint import load_checkpoint, load_weights, save_checkpoint, write_json_atomic
-from kdrun.config import plain
+from kdrun.config import plain, teacher_members
+from kdrun.losses.response import ensemble_logits
 from kdrun.engine import MetricsLog, evaluate, fit, reseed
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, count_parameters, logits_of, model_meta
@@ -36,7 +38,8 @@ def teacher_seed(cfg) -> int:
 
 def teacher_digest(cfg) -> str:
     """sha256 over the architecture, training recipe, dataset (content, split, augmentation) and seed."""
-    teacher = {k: v for k, v in plain(cfg.teacher).items() if k not in ("checkpoint", "seed")}
+    teacher = {k: v for k, v in plain(cfg.teacher).items()
+               if k not in ("checkpoint", "seed", "members", "ensemble_seeds")}
     dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in _NOT_IDENTITY}
     identity = {"format": CACHE_FORMAT, "teacher": teacher, "dataset": dataset, "seed": teacher_seed(cfg)}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -49,10 +52,43 @@ def test_report(model: nn.Module, data, device, best_epoch=None, best_val_acc=No
             "test_images": test["images"], "best_val_epoch": best_epoch, "best_val_acc": best_val_acc}
 
 
+class Ensemble(nn.Module):
+    """Frozen teachers whose combined logits (kdrun.losses.response.ensemble_logits) stand in for
+    one teacher's, so every logit-based method distils from the ensemble unchanged."""
+
+    def __init__(self, members: Dict[str, nn.Module], combine: str, T: float):
+        super().__init__()
+        self.members = nn.ModuleDict({name.replace(".", "_"): m for name, m in members.items()})
+        self.combine, self.T = combine, float(T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ensemble_logits([logits_of(m(x)) for m in self.members.values()], self.combine, self.T)
+
+
+def get_teachers(cfg, data, device, run_metrics: MetricsLog, progress: bool, should_stop: Callable[[], bool],
+                 T: float, train: bool = True):
+    """The teacher, or the Ensemble of its members (teacher=[a,b,...] or teacher.ensemble_seeds), each
+    from the cache, a checkpoint or trained; returns (model, info for summary.json)."""
+    members = teacher_members(cfg)
+    if list(members) == ["teacher"]:
+        return get_teacher(cfg, data, device, run_metrics, progress, should_stop, train)
+    models, infos = {}, {}
+    for name, node in members.items():
+        member_cfg = OmegaConf.create({"teacher": plain(node), "dataset": plain(cfg.dataset), "seed": cfg.seed,
+                                       "teacher_cache": cfg.teacher_cache})
+        models[name], infos[name] = get_teacher(member_cfg, data, device, run_metrics, progress, should_stop, train,
+                                                label=f"teacher.{name}")
+    ensemble = Ensemble(models, cfg.ensemble.combine, T).to(device)
+    report = test_report(ensemble, data, device) if train else {}
+    return ensemble, {"arch": "ensemble of " + "+".join(infos), "source": "ensemble",
+                      "combine": cfg.ensemble.combine, "T": float(T), **report, "members": infos}
+
+
 def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, should_stop: Callable[[], bool],
-                train: bool = True):
+                train: bool = True, label: str = "teacher"):
     """Returns (frozen teacher on device, info for summary.json). With train=False (a dry run) a
-    teacher that is not cached yet is returned untrained."""
+    teacher that is not cached yet is returned untrained. `label` names its lines in the run's
+    metrics.jsonl (an ensemble's members are teacher.<member>)."""
     node = cfg.teacher
     reseed(teacher_seed(cfg), "teacher")
     model = build_from_config(node, data)
@@ -79,7 +115,7 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
             _train_into(folder, model, cfg, data, device, meta, progress, should_stop)
             # The run's own metrics get the teacher's whole history (also when it resumed a partial one).
             for record in MetricsLog(folder / "metrics.jsonl").read():
-                run_metrics.write(record)
+                run_metrics.write({**record, "model": label})
         load_weights(model, weights, "teacher cache", **meta)
         report = json.loads(meta_file.read_text())["report"]
     model.to(device)

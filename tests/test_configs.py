@@ -27,7 +27,7 @@ def test_the_groups_hold_what_the_readme_promises():
     assert set(options("teacher")) == set(options("student")) == models
     assert set(options("dataset")) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake"}
     assert {"hinton", "none"} <= set(options("kd"))
-    assert "offline" in options("scheme")
+    assert set(options("scheme")) == {"offline", "online", "self", "self_byot"}
 
 
 def test_default_experiment_is_hinton_mnist():

@@ -222,3 +222,16 @@ def activation_boundary(
     push_up = (student_pre - margin).pow(2) * (on & (student_pre <= margin))
     push_down = (student_pre + margin).pow(2) * (~on & (student_pre > -margin))
     return (push_up + push_down).sum() / student_pre.shape[0]
+
+
+def byot_hint(head_feat: torch.Tensor, deepest_feat: torch.Tensor) -> torch.Tensor:
+    """||F_i - F_C||_2, the Euclidean distance per sample, averaged over the batch.
+
+    Zhang et al., "Be Your Own Teacher", ICCV 2019, Sec. 3.2: the hint that pulls a shallow head's
+    bottleneck feature F_i towards the deepest feature F_C (detach F_C to make it a target). The
+    paper writes the squared norm, but its weight lambda = 0.03 goes with the authors' code, which
+    takes the distance itself (torch.dist): squared, the hint swamps a head's cross-entropy. We take
+    it per sample, so the weight does not depend on the batch size.
+    """
+    _require_same_shape("byot_hint", head_feat, deepest_feat, "the head's bottleneck must map to the deepest feature.")
+    return (head_feat - deepest_feat).flatten(1).norm(dim=1).mean()

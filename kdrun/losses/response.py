@@ -1,6 +1,8 @@
 """Response-based losses: functions of the student's and teacher's outputs (logits)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -73,3 +75,31 @@ def dkd_loss(
     """
     tckd, nckd = dkd_terms(student_logits, teacher_logits, target, T)
     return alpha * tckd + beta * nckd
+
+
+def ensemble_logits(logits: list[torch.Tensor], combine: str, T: float) -> torch.Tensor:
+    """One set of logits standing for an ensemble of teachers, so that every logit-based method
+    works on it unchanged.
+
+    `mean_logits`: the members' mean logit. `mean_probs`: T * log(mean_i softmax(z_i / T)), whose
+    softmax at temperature T is exactly the mean of the members' tempered probabilities (softmax
+    of log p is p when p sums to one): the averaged soft targets of Hinton et al. (2015).
+    """
+    stacked = torch.stack(logits)
+    if combine == "mean_logits":
+        return stacked.mean(0)
+    if combine == "mean_probs":
+        log_probs = F.log_softmax(stacked / T, dim=-1)
+        return T * (log_probs.logsumexp(0) - math.log(len(logits)))
+    raise ValueError(f"unknown ensemble combination {combine!r}: mean_probs or mean_logits")
+
+
+def mutual_kl(logits: list[torch.Tensor], T: float) -> list[torch.Tensor]:
+    """Deep mutual learning (Zhang et al., CVPR 2018): for each peer k, the mean over the other
+    peers j of T^2 * KL(softmax(z_j / T) || softmax(z_k / T)), with z_j detached: each peer learns
+    towards the others' current predictions, which are targets, not paths for its gradient."""
+    out = []
+    for k, z_k in enumerate(logits):
+        others = [soft_target_kl(z_k, z_j.detach(), T) for j, z_j in enumerate(logits) if j != k]
+        out.append(torch.stack(others).mean())
+    return out

@@ -4,27 +4,36 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kdrun import KdrunError
 from kdrun.checkpoint import load_weights, write_json_atomic
-from kdrun.config import ce_weight, student_epochs
+from kdrun.config import ce_weight, student_epochs, teacher_members
+from kdrun.losses.response import ensemble_logits
 from kdrun.engine import fit, reseed
 from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, model_meta
 from kdrun.schemes import RunContext, example_batch
 from kdrun.speed import accelerate, amp_dtype, use_channels_last
-from kdrun.teachers import cached_train_logits, get_teacher, test_report
+from kdrun.teachers import Ensemble, cached_train_logits, get_teachers, test_report
 
 
 def run(ctx: RunContext) -> dict:
-    cfg, data, device = ctx.cfg, ctx.data, ctx.device
+    cfg = ctx.cfg
     methods = build_methods(cfg.kd, cfg.student, cfg.teacher)
-    ckpt_dir = ctx.run_dir / "checkpoints"
-
     teacher, teacher_info = None, None
     if methods:
-        teacher, teacher_info = get_teacher(cfg, data, device, ctx.metrics, cfg.progress, ctx.should_stop,
-                                            train=not cfg.dry_run)
-    reseed(cfg.seed, "student")
+        teacher, teacher_info = get_teachers(cfg, ctx.data, ctx.device, ctx.metrics, cfg.progress, ctx.should_stop,
+                                             T=distillation_T(cfg, methods), train=not cfg.dry_run)
+    return distill(ctx, methods, teacher, teacher_info)
+
+
+def distill(ctx: RunContext, methods: dict, teacher, teacher_info, role: str = "student") -> dict:
+    """Trains a new student (of cfg.student) from a frozen `teacher` with `methods` (none: from the
+    labels alone). `role` names its seed, checkpoint files and metrics lines. Returns the summary's
+    entries, or the layers the methods read in a dry run."""
+    cfg, data, device = ctx.cfg, ctx.data, ctx.device
+    ckpt_dir = ctx.run_dir / "checkpoints"
+    reseed(cfg.seed, role)
     student = accelerate(build_from_config(cfg.student, data).to(device), cfg, device)
     if teacher is not None:
         accelerate(teacher, cfg, device)
@@ -35,7 +44,7 @@ def run(ctx: RunContext) -> dict:
     if cfg.dry_run:
         return {"teacher": teacher_info, "layers": full.layer_report}
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if teacher_info:
+    if teacher_info and role == "student":
         write_json_atomic(ckpt_dir / "teacher.json", teacher_info)  # where the teacher came from
 
     common = dict(device=device, ckpt_dir=ckpt_dir, metrics=ctx.metrics, seed=cfg.seed, resume=cfg.resume,
@@ -45,12 +54,12 @@ def run(ctx: RunContext) -> dict:
     for name, method in methods.items():  # first stages (FitNets' hints, FSP/AB initialisation)
         if method.stage1_epochs:
             stage = Distiller(student, teacher, {name: method}, ce_weight=0.0, **speed)
-            fit(stage, data, cfg.student, method.stage1_epochs, role=f"student.{name}", **common)
+            fit(stage, data, cfg.student, method.stage1_epochs, role=f"{role}.{name}", **common)
     extras = _cached_logits(cfg, methods, data, teacher, teacher_info, device)
     common["train_extras"] = extras
     joint = {name: m for name, m in methods.items() if m.joint}
     distiller = full if len(joint) == len(methods) else Distiller(student, teacher, joint, ce_weight(cfg), **speed)
-    result = fit(distiller, data, cfg.student, student_epochs(cfg), role="student", **common)
+    result = fit(distiller, data, cfg.student, student_epochs(cfg), role=role, **common)
     load_weights(student, result.best_path, "student checkpoint", **meta)
     student_info = {"arch": cfg.student.name,
                     **test_report(student, data, device, result.best_epoch, result.best_val_acc)}
@@ -64,8 +73,31 @@ def _cached_logits(cfg, methods, data, teacher, teacher_info, device):
     logits only, and the teacher lives in the cache (whose digest the logits are keyed by)."""
     augmented = cfg.student.augment and (cfg.dataset.shift or cfg.dataset.hflip)
     logits_only = all(not m.student_layers and not m.teacher_layers for m in methods.values())
-    if (not methods or not cfg.cache_teacher_logits or augmented or not logits_only or not data.in_memory
-            or teacher_info.get("source") not in ("cache", "trained")):
+    if not methods or not cfg.cache_teacher_logits or augmented or not logits_only or not data.in_memory:
         return None
-    folder = Path(teacher_info["path"]).parent
-    return {"teacher_logits": cached_train_logits(teacher, data, device, folder, teacher_info["digest"])}
+    # An ensemble's members are cached one by one; their logits are combined like their outputs.
+    members = teacher_info.get("members") or {"teacher": teacher_info}
+    models = dict(zip(members, teacher.members.values())) if isinstance(teacher, Ensemble) else {"teacher": teacher}
+    if any(info.get("source") not in ("cache", "trained") for info in members.values()):
+        return None
+    logits = [cached_train_logits(models[name], data, device, Path(info["path"]).parent, info["digest"])
+              for name, info in members.items()]
+    if isinstance(teacher, Ensemble):
+        return {"teacher_logits": ensemble_logits(logits, teacher.combine, teacher.T)}
+    return {"teacher_logits": logits[0]}
+
+
+def distillation_T(cfg, methods) -> float:
+    """The temperature an ensemble averages its members' probabilities at: that of the methods
+    (kd.hinton.T, kd.dkd.T; all ${T} by default), else the top-level T."""
+    temperatures = {float(m.T) for m in methods.values() if hasattr(m, "T")}
+    if len(temperatures) > 1:
+        raise KdrunError(f"kd: the methods use different temperatures {sorted(temperatures)}, but a teacher ensemble "
+                         "averages its probabilities at one: give them the same T")
+    if teacher_members(cfg).keys() != {"teacher"}:
+        reading = [name for name, m in methods.items() if m.teacher_layers]
+        if reading:
+            raise KdrunError(f"kd={reading[0]} reads the teacher's layers, and an ensemble of teachers has no single "
+                             "layer to read: with teacher=[...] or teacher.ensemble_seeds use logit methods "
+                             "(hinton, logits, dkd)")
+    return temperatures.pop() if temperatures else float(cfg.T)

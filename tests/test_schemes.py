@@ -1,0 +1,215 @@
+"""Schemes: teacher ensembles (offline), deep mutual learning (online), born-again networks (self)
+and be-your-own-teacher (self_byot)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdrun import Interrupted, KdrunError
+from kdrun.losses.feature import byot_hint
+from kdrun.losses.response import ensemble_logits, mutual_kl
+from kdrun.run import run
+from kdrun.schemes.online import Mutual
+from kdrun.teachers import Ensemble
+from tests.conftest import make_cfg, needs_mnist
+from tests.test_resume import stop_in_epoch
+
+FAKE = ["dataset=fake", "dataset.num_train=200", "dataset.num_test=64"]
+MNIST = ["dataset=mnist", "dataset.train_subset=600", "epochs=2"]
+# Two teachers of other architectures, each on a one-epoch recipe (an ensemble's members keep their own).
+TWO_TEACHERS = ["teacher=[mlp800,lenet5]", *(f"teacher.members.{m}.{k}={v}" for m in ("mlp800", "lenet5")
+                                             for k, v in (("epochs", 1), ("batch_size", 64)))]
+
+
+def _lines(run_dir):
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- the maths, by hand -------------------------------------------------------------------------
+
+def test_ensemble_soft_targets_are_the_average_of_the_members_tempered_probabilities():
+    # Member A's logits (ln 1, ln 3) give [1/4, 3/4] at T = 1; member B's (0, 0) give [1/2, 1/2].
+    a, b = torch.tensor([[0.0, math.log(3)]]), torch.tensor([[0.0, 0.0]])
+    combined = ensemble_logits([a, b], "mean_probs", T=1.0)
+    assert F.softmax(combined, 1).tolist()[0] == pytest.approx([(1 / 4 + 1 / 2) / 2, (3 / 4 + 1 / 2) / 2])
+    # At T = 2 A's logits (ln 9 = 2 ln 3) give the same [1/4, 3/4] again: the average is taken at T.
+    combined = ensemble_logits([2 * a, b], "mean_probs", T=2.0)
+    assert F.softmax(combined / 2, 1).tolist()[0] == pytest.approx([3 / 8, 5 / 8])
+    assert ensemble_logits([a, b], "mean_logits", T=4.0).tolist()[0] == pytest.approx([0.0, math.log(3) / 2])
+
+
+def test_mutual_kl_by_hand_and_its_targets_are_detached():
+    # Peer 1: [1/4, 3/4]; peer 2: [1/2, 1/2] (T = 1). Each learns towards the other.
+    z1 = torch.tensor([[0.0, math.log(3)]], requires_grad=True)
+    z2 = torch.tensor([[0.0, 0.0]], requires_grad=True)
+    kl_21 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)  # KL(p2 || p1): peer 1's term
+    kl_12 = 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5)  # KL(p1 || p2): peer 2's term
+    l1, l2 = mutual_kl([z1, z2], T=1.0)
+    assert (l1.item(), l2.item()) == pytest.approx((kl_21, kl_12))
+    l1.backward()
+    assert z1.grad is not None and z2.grad is None  # peer 1's term moves peer 1 only
+    # Three peers: the mean over the two others.
+    z3 = torch.tensor([[math.log(3), 0.0]])  # [3/4, 1/4]
+    kl_31 = 0.75 * math.log(0.75 / 0.25) + 0.25 * math.log(0.25 / 0.75)
+    assert mutual_kl([z1, z2, z3], T=1.0)[0].item() == pytest.approx((kl_21 + kl_31) / 2)
+
+
+def test_byot_hint_by_hand():
+    f = torch.tensor([[1.0, 2.0], [0.0, 0.0]])
+    target = torch.tensor([[0.0, 0.0], [3.0, 0.0]])
+    assert byot_hint(f, target).item() == pytest.approx((math.sqrt(1 + 4) + 3) / 2)  # per-sample distance, batch mean
+    assert byot_hint(target, target).item() == 0
+
+
+def test_dml_gradients_reach_every_peer():
+    torch.manual_seed(0)
+    peers = {"teacher": nn.Sequential(nn.Flatten(), nn.Linear(16, 3)),
+             "student": nn.Sequential(nn.Flatten(), nn.Linear(16, 3))}
+    out = Mutual(peers, ce_weight=0.0, kd_weight=1.0, T=2.0)(torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,)))
+    out["loss"].backward()
+    for name, peer in peers.items():  # with no cross-entropy, only the mutual terms move them
+        assert peer[1].weight.grad.abs().sum() > 0, name
+    assert set(out) >= {"teacher/loss_dml", "student/loss_dml", "teacher/logits", "student/logits"}
+
+
+def test_ensemble_module_outputs_the_combined_logits():
+    torch.manual_seed(0)
+    a, b = nn.Linear(5, 4), nn.Linear(5, 4)
+    x = torch.randn(3, 5)
+    probs = F.softmax(Ensemble({"a": a, "b": b}, "mean_probs", T=3.0)(x) / 3, 1)
+    expected = (F.softmax(a(x) / 3, 1) + F.softmax(b(x) / 3, 1)) / 2
+    assert torch.allclose(probs, expected, atol=1e-6)
+
+
+# --- offline with a teacher ensemble -----------------------------------------------------------
+
+def test_an_ensemble_of_architectures_reports_each_member_and_the_ensemble(tmp_path):
+    summary = run(make_cfg(*FAKE, *TWO_TEACHERS, tmp=tmp_path), tmp_path / "run")
+    teacher = summary["teacher"]
+    assert set(teacher["members"]) == {"mlp800", "lenet5"} and teacher["source"] == "ensemble"
+    for info in (*teacher["members"].values(), teacher, summary["student"]):
+        assert 0 <= info["test_acc"] <= 1 and info["test_images"] == 64
+    assert teacher["params"] == sum(m["params"] for m in teacher["members"].values())
+    models = {r["model"] for r in _lines(tmp_path / "run")}
+    assert models == {"teacher.mlp800", "teacher.lenet5", "student"}
+    # Members come from the cache: a single mlp800 teacher with the same recipe is the same model.
+    single = run(make_cfg(*FAKE, "teacher=mlp800", "teacher.epochs=1", "teacher.batch_size=64", tmp=tmp_path),
+                 tmp_path / "single")
+    assert single["teacher"]["source"] == "cache"
+    assert single["teacher"]["digest"] == teacher["members"]["mlp800"]["digest"]
+
+
+def test_cached_ensemble_logits_give_the_loss_of_the_live_ensemble(tmp_path):
+    args = [*FAKE, "teacher=mlp800", "teacher.ensemble_seeds=[0,1]", "student.augment=false"]
+    cached = run(make_cfg(*args, tmp=tmp_path), tmp_path / "cached")
+    live = run(make_cfg(*args, "cache_teacher_logits=false", tmp=tmp_path), tmp_path / "live")
+    assert (cached["teacher_logits"], live["teacher_logits"]) == ("cached", "live")
+    assert set(cached["teacher"]["members"]) == {"mlp800.s0", "mlp800.s1"}
+    loss = [[r["train/loss_hinton"] for r in _lines(tmp_path / d) if r["model"] == "student"] for d in ("cached", "live")]
+    assert loss[0] == pytest.approx(loss[1], rel=1e-4)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["teacher=[mlp800,lenet5]", "teacher.epochs=3"],
+     r"^teacher.epochs=3: with several teachers \(mlp800, lenet5\) each keeps its own settings: set "
+     r"teacher.members.<option>.epochs"),
+    ([*TWO_TEACHERS, "teacher.checkpoint=/x.pt"], r"^teacher.checkpoint=/x.pt: an ensemble takes one checkpoint per member"),
+    (["teacher=lenet5", "teacher.ensemble_seeds=[0,1]", "kd=at"], r"^kd=at reads the teacher's layers, and an ensemble"),
+    (["ensemble.combine=vote"], r"^ensemble.combine=vote: choose one of mean_probs, mean_logits"),
+    (["scheme=online", "kd=at"], r"^scheme=online teaches through soft targets: use kd=hinton"),
+    (["scheme=online", "teacher.checkpoint=/x.pt"], r"^scheme=online trains its teacher from scratch"),
+    (["scheme=online", "scheme.peers=1"], r"^scheme.peers=1: mutual learning needs at least 2 peers"),
+    (["scheme=self", "kd=none"], r"^scheme=self distils each generation from the previous one"),
+    (["scheme=self", "scheme.generations=0"], r"^scheme.generations=0: must be at least 1"),
+    (["scheme=self_byot", "kd=[hinton,at]"], r"^scheme=self_byot distils with its own loss"),
+    (["scheme=self_byot", "scheme.heads=[nope]"], r"^student layer 'nope' is not a module path"),
+])
+def test_scheme_mistakes_are_one_clear_line(tmp_path, overrides, message):
+    with pytest.raises(KdrunError, match=message):
+        run(make_cfg("dataset=fake", "student=lenet5", *overrides, tmp=tmp_path), tmp_path / "run")
+
+
+# --- online: deep mutual learning --------------------------------------------------------------
+
+@needs_mnist
+def test_online_trains_teacher_and_student_together_from_scratch(tmp_path):
+    summary = run(make_cfg(*MNIST, "scheme=online", "teacher=lenet5", tmp=tmp_path), tmp_path / "run")
+    assert summary["teacher"]["source"] == "online" and summary["teacher"]["arch"] == "lenet5"
+    assert summary["student"]["arch"] == "mlp800" and summary["student"]["test_acc"] > 0.5
+    lines = _lines(tmp_path / "run")
+    assert [(r["model"], r["epoch"]) for r in lines] == [("teacher", 1), ("student", 1), ("teacher", 2), ("student", 2)]
+    assert all({"train/loss_ce", "train/loss_dml", "train/acc", "val/acc"} <= set(r) for r in lines)
+    ckpts = {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
+    assert {"teacher_best.pt", "student_best.pt", "online_last.pt"} <= ckpts
+    assert not (tmp_path / "teachers").exists() or not any((tmp_path / "teachers").iterdir())  # no cached teacher
+
+
+def test_online_peers_resume_after_an_interruption_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    args = [*FAKE, "scheme=online", "scheme.peers=3", "epochs=3"]
+    full = run(make_cfg(*args, tmp=tmp_path), tmp_path / "full")
+    assert set(full["models"]) == {"peer1", "peer2", "peer3"} and full["teacher"] is None
+    best = max(full["models"].values(), key=lambda m: m["best_val_acc"])
+    assert full["student"]["best_val_acc"] == best["best_val_acc"]  # the headline peer is picked on validation
+    with stop_in_epoch(2, monkeypatch), pytest.raises(Interrupted):
+        run(make_cfg(*args, tmp=tmp_path), tmp_path / "cut")
+    resumed = run(make_cfg(*args, "resume=true", tmp=tmp_path), tmp_path / "cut")
+
+    def strip(d):
+        return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_sec")} for r in _lines(d)]
+
+    assert strip(tmp_path / "cut") == strip(tmp_path / "full")
+    assert resumed["models"] == full["models"]
+
+
+# --- self: born-again networks and be your own teacher -----------------------------------------
+
+@needs_mnist
+def test_born_again_generation_k_learns_from_generation_k_minus_1_frozen(tmp_path, monkeypatch):
+    import kdrun.schemes.self as born_again
+
+    seen, original = {}, born_again.distill
+
+    def spy(ctx, methods, teacher, teacher_info, role="student"):
+        result = original(ctx, methods, teacher, teacher_info, role)
+        # After training: the teacher was frozen, and its weights never moved.
+        seen[role] = teacher and ({k: v.clone() for k, v in teacher.state_dict().items()},
+                                  teacher.training, any(p.requires_grad for p in teacher.parameters()))
+        return result
+
+    monkeypatch.setattr(born_again, "distill", spy)
+    summary = run(make_cfg(*MNIST, "scheme=self", "scheme.generations=2", tmp=tmp_path), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints"
+    assert seen["gen0"] is None  # generation 0 learns from the labels
+    for k in (1, 2):
+        weights, training, trainable = seen[f"gen{k}"]
+        previous = torch.load(ckpt / f"gen{k - 1}_best.pt", weights_only=True)["model"]
+        assert all(torch.equal(weights[key], previous[key]) for key in previous)
+        assert not training and not trainable
+    assert set(summary["models"]) == {"gen0", "gen1", "gen2"} and summary["student"] == summary["models"]["gen2"]
+    assert 0 < summary["ensemble"]["test_acc"] <= 1
+    assert {r["model"] for r in _lines(tmp_path / "run")} == {"gen0", "gen1", "gen2"}
+    gen1 = [r for r in _lines(tmp_path / "run") if r["model"] == "gen1"]
+    assert all("train/loss_hinton" in r for r in gen1)
+
+
+@needs_mnist
+def test_byot_reports_every_exit_head(tmp_path):
+    summary = run(make_cfg(*MNIST, "scheme=self_byot", tmp=tmp_path), tmp_path / "run")
+    assert set(summary["models"]) == {"student", "head1"} and summary["models"]["head1"]["layer"] == "act1"
+    assert summary["student"]["test_acc"] > 0.5 and summary["models"]["head1"]["test_acc"] > 0.3
+    head = [r for r in _lines(tmp_path / "run") if r["model"] == "head1"]
+    assert len(head) == 2 and all({"train/loss_ce", "train/loss_kd", "train/loss_hint"} <= set(r) for r in head)
+    assert {"student_best.pt", "head1_best.pt", "byot_last.pt"} <= {p.name for p in (tmp_path / "run" / "checkpoints").iterdir()}
+
+
+def test_byot_heads_on_a_torchvision_resnet(tmp_path):
+    cifar = ["dataset=fake", "dataset.channels=3", "dataset.image_size=32", "dataset.num_train=64",
+             "dataset.num_test=32", "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.25,0.25,0.25]"]
+    summary = run(make_cfg(*cifar, "scheme=self_byot", "student=resnet18", tmp=tmp_path), tmp_path / "run")
+    assert [summary["models"][f"head{i}"]["layer"] for i in (1, 2, 3)] == ["layer1", "layer2", "layer3"]
