@@ -42,3 +42,30 @@ def accelerate(model: nn.Module, cfg, device: torch.device) -> nn.Module:
     if cfg.compile:
         model.compile()
     return model
+
+
+class MixedPrecision(nn.Module):
+    """Base of the trainers (Distiller, Mutual, SelfDistiller): `forward(x, y, ...)` feeds
+    `_forward` channels-last images when the models were converted, under autocast when `amp_dtype`
+    is set, and returns the losses in full precision."""
+
+    def __init__(self, amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False):
+        super().__init__()
+        self.amp_dtype, self.channels_last = amp_dtype, channels_last
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, **kwargs) -> dict:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self.amp_dtype is None:
+            return self._forward(x, y, **kwargs)
+        with torch.autocast(x.device.type, dtype=self.amp_dtype):
+            out = self._forward(x, y, **kwargs)
+        return {k: v.float() for k, v in out.items()}
+
+    def _forward(self, x: torch.Tensor, y: torch.Tensor, **kwargs) -> dict:
+        raise NotImplementedError
+
+
+def speed_settings(cfg, device: torch.device, model: nn.Module) -> dict:
+    """The MixedPrecision arguments for a run's config."""
+    return dict(amp_dtype=amp_dtype(cfg.amp, device), channels_last=use_channels_last(cfg.channels_last, device, model))

@@ -213,3 +213,9 @@ def test_byot_heads_on_a_torchvision_resnet(tmp_path):
              "dataset.num_test=32", "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.25,0.25,0.25]"]
     summary = run(make_cfg(*cifar, "scheme=self_byot", "student=resnet18", tmp=tmp_path), tmp_path / "run")
     assert [summary["models"][f"head{i}"]["layer"] for i in (1, 2, 3)] == ["layer1", "layer2", "layer3"]
+
+
+def test_mutual_learning_under_bf16_autocast_returns_full_precision_losses():
+    peers = {"a": nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), "b": nn.Sequential(nn.Flatten(), nn.Linear(16, 3))}
+    out = Mutual(peers, 1.0, 1.0, 2.0, amp_dtype=torch.bfloat16)(torch.randn(4, 1, 4, 4), torch.randint(0, 3, (4,)))
+    assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])

@@ -14,6 +14,7 @@ from torch import nn
 from kdrun import KdrunError
 from kdrun.features import FeatureTap
 from kdrun.models import logits_of
+from kdrun.speed import MixedPrecision
 
 
 @dataclass
@@ -157,7 +158,7 @@ def adapter(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Mo
     return _Flat(math.prod(student_shape[1:]), teacher_shape[1:])
 
 
-class Distiller(nn.Module):
+class Distiller(MixedPrecision):
     """student (+ frozen teacher) -> {'loss', 'loss_ce', 'loss_<method>', ..., 'logits'}.
 
     Every loss_* value is that term's weighted contribution, so `loss` is their sum. With no KD term
@@ -175,15 +176,13 @@ class Distiller(nn.Module):
         amp_dtype: Optional[torch.dtype] = None,
         channels_last: bool = False,
     ):
-        super().__init__()
+        super().__init__(amp_dtype, channels_last)
         methods = methods or {}
         if methods and teacher is None:
             raise ValueError("KD methods need a teacher")
         self.student = student
         self.methods = nn.ModuleDict(methods)
         self.ce_weight = ce_weight
-        self.amp_dtype = amp_dtype  # autocast for the forward pass (mixed precision); None: full precision
-        self.channels_last = channels_last  # feed images in the layout the (converted) models expect
         # Not registered as a submodule: the teacher is not trained, not saved with the student,
         # and .train() cannot switch it out of eval mode.
         self._teacher = [freeze(teacher)] if teacher is not None and methods else []
@@ -247,19 +246,8 @@ class Distiller(nn.Module):
                                                              method.teacher_layers, batch.teacher_feats)))
         self.student.train(was_training)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, teacher_logits: Optional[torch.Tensor] = None
-                ) -> Dict[str, torch.Tensor]:
+    def _forward(self, x, y, teacher_logits: Optional[torch.Tensor] = None):
         """`teacher_logits`, when given (cached for un-augmented inputs), replace running the teacher."""
-        if self.amp_dtype is not None:
-            with torch.autocast(x.device.type, dtype=self.amp_dtype):
-                out = self._forward(x, y, teacher_logits)
-            # The losses are summed and logged in full precision.
-            return {k: v.float() for k, v in out.items()}
-        return self._forward(x, y, teacher_logits)
-
-    def _forward(self, x, y, teacher_logits):
-        if self.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         logits, teacher_logits = self._run(x, teacher_logits)
         # With weight 0 (a first stage on a KD term alone) there is no CE term at all: a zero-weighted
         # one would still give the classifier zero gradients, and weight decay would then move it.

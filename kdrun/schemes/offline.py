@@ -13,7 +13,7 @@ from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, model_meta
 from kdrun.schemes import RunContext, example_batch
-from kdrun.speed import accelerate, amp_dtype, use_channels_last
+from kdrun.speed import accelerate, speed_settings
 from kdrun.teachers import Ensemble, cached_train_logits, get_teachers, test_report
 
 
@@ -38,7 +38,7 @@ def distill(ctx: RunContext, methods: dict, teacher, teacher_info, role: str = "
     if teacher is not None:
         accelerate(teacher, cfg, device)
     meta = model_meta(cfg.student, data)
-    speed = dict(amp_dtype=amp_dtype(cfg.amp, device), channels_last=use_channels_last(cfg.channels_last, device, student))
+    speed = speed_settings(cfg, device, student)
     # Built with every method, so that the dry pass sizes all adapters before any training.
     full = Distiller(student, teacher, methods, ce_weight(cfg), example=example_batch(data, device), **speed)
     if cfg.dry_run:

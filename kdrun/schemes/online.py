@@ -15,22 +15,22 @@ from kdrun.engine import fit, reseed
 from kdrun.losses.response import mutual_kl
 from kdrun.models import build_from_config, logits_of, model_meta
 from kdrun.schemes import RunContext, log, soft_target_settings, teacher_not_used, test_reports
-from kdrun.speed import accelerate
+from kdrun.speed import MixedPrecision, accelerate, speed_settings
 
 
-class Mutual(nn.Module):
+class Mutual(MixedPrecision):
     """Peers -> {'loss', '<peer>/loss', '<peer>/loss_ce', '<peer>/loss_dml', '<peer>/logits'}.
 
     Each peer's loss depends on its own parameters only (the others' predictions are detached), so
     one optimizer over all peers updates each as its own optimizer would."""
 
-    def __init__(self, peers: Dict[str, nn.Module], ce_weight: float, kd_weight: float, T: float):
-        super().__init__()
+    def __init__(self, peers: Dict[str, nn.Module], ce_weight: float, kd_weight: float, T: float, **speed):
+        super().__init__(**speed)
         self.student = nn.ModuleDict(peers)  # what fit() trains and checkpoints
         self.methods = nn.ModuleDict()  # no adapters
         self.ce_weight, self.kd_weight, self.T = ce_weight, kd_weight, T
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
         logits = [logits_of(peer(x)) for peer in self.student.values()]
         out: Dict[str, torch.Tensor] = {}
         for name, z, kl in zip(self.student, logits, mutual_kl(logits, self.T)):
@@ -59,7 +59,7 @@ def run(ctx: RunContext) -> dict:
         peers[name] = accelerate(build_from_config(node, data).to(device), cfg, device)
     if cfg.dry_run:
         return {"layers": []}
-    cohort = Mutual(peers, ce_weight(cfg), kd_weight, T)
+    cohort = Mutual(peers, ce_weight(cfg), kd_weight, T, **speed_settings(cfg, device, nn.ModuleList(peers.values())))
     ckpt_dir = ctx.run_dir / "checkpoints"
     results = fit(cohort, data, cfg.student, student_epochs(cfg), device, ckpt_dir, "online", ctx.metrics,
                   seed=cfg.seed, resume=cfg.resume, config_digest=ctx.config_digest, progress=cfg.progress,

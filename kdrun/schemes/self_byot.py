@@ -23,7 +23,7 @@ from kdrun.losses.response import soft_target_kl
 from kdrun.methods.base import default_layers
 from kdrun.models import build_from_config, logits_of, model_meta
 from kdrun.schemes import RunContext, example_batch, teacher_not_used, test_reports
-from kdrun.speed import accelerate
+from kdrun.speed import MixedPrecision, accelerate, speed_settings
 
 
 def pooled(feat: torch.Tensor) -> torch.Tensor:
@@ -66,13 +66,14 @@ class HeadView(nn.Module):
         return self.head(self._tap.outputs[self.path])[1]
 
 
-class SelfDistiller(nn.Module):
+class SelfDistiller(MixedPrecision):
     """student + exit heads -> {'loss', 'student/...', 'head<i>/loss_ce', 'head<i>/loss_kd',
     'head<i>/loss_hint', 'head<i>/logits', ...}."""
 
     def __init__(self, student: nn.Module, head_paths: List[str], deepest: str, num_classes: int,
-                 example: torch.Tensor, ce_weight: float, kd_weight: float, feature_weight: float, T: float):
-        super().__init__()
+                 example: torch.Tensor, ce_weight: float, kd_weight: float, feature_weight: float, T: float,
+                 **speed):
+        super().__init__(**speed)
         self.student, self.head_paths, self.deepest = student, list(head_paths), deepest
         self.ce_weight, self.kd_weight, self.feature_weight, self.T = ce_weight, kd_weight, feature_weight, T
         self._tap = FeatureTap(student, [*self.head_paths, deepest], "student")
@@ -91,7 +92,7 @@ class SelfDistiller(nn.Module):
         return {name: HeadView(self.student, path, head)
                 for (name, head), path in zip(self.methods.items(), self.head_paths)}
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
         with self._tap:
             z = logits_of(self.student(x))
         ce = F.cross_entropy(z, y)
@@ -127,7 +128,8 @@ def run(ctx: RunContext) -> dict:
     reseed(cfg.seed, "student")
     student = accelerate(build_from_config(cfg.student, data).to(device), cfg, device)
     model = SelfDistiller(student, heads, deepest[0], data.num_classes, example_batch(data, device),
-                          1.0 - kd_weight, kd_weight, cfg.scheme.feature_weight, T)
+                          1.0 - kd_weight, kd_weight, cfg.scheme.feature_weight, T,
+                          **speed_settings(cfg, device, student))
     if cfg.dry_run:
         return {"layers": []}
     views = model.views()
