@@ -246,16 +246,6 @@ def teacher_members(cfg: DictConfig) -> Dict[str, DictConfig]:
     if several and t.checkpoint:
         _fail("teacher.checkpoint", t.checkpoint, "an ensemble takes one checkpoint per member: set "
               "teacher.members.<option>.checkpoint instead")
-    if several:
-        # The top-level keys are the options merged in turn; a value that no member has was set on
-        # the command line, and would silently not apply to any member.
-        for key in t:
-            if key in ("members", "ensemble_seeds", "layers", "kwargs"):
-                continue
-            if all(t[key] != m[key] for m in t.members.values()):
-                _fail(f"teacher.{key}", t[key], f"with several teachers ({', '.join(t.members)}) each keeps its own "
-                      f"settings: set teacher.members.<option>.{key} (e.g. teacher.members.{next(iter(t.members))}"
-                      f".{key}=...)")
     bases = dict(t.members) if several else {t.name: t}
     out = {}
     for option, node in bases.items():
@@ -269,6 +259,20 @@ def teacher_members(cfg: DictConfig) -> Dict[str, DictConfig]:
                 member.seed = int(seed)
             out[option if seed is None else f"{option}.s{seed}"] = member
     return out
+
+
+def check_overrides(cfg: DictConfig, overrides: List[str]) -> None:
+    """With several teacher options selected, the top-level teacher.* keys are the options merged in
+    turn: a command-line `teacher.<key>=...` would silently apply to no member."""
+    members = list(cfg.teacher.members)
+    if len(members) < 2:
+        return
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key.startswith("teacher.") and not key.startswith(("teacher.members.", "teacher.ensemble_seeds")):
+            setting = key[len("teacher."):]
+            _fail(key, value, f"with several teachers ({', '.join(members)}) each keeps its own settings: set "
+                  f"teacher.members.<option>.{setting} (e.g. teacher.members.{members[0]}.{setting}={value})")
 
 
 def ce_weight(cfg: DictConfig) -> float:

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 import kdrun
 from kdrun import KdrunError
 from kdrun.checkpoint import write_json_atomic
-from kdrun.config import ce_weight, check, plain
+from kdrun.config import ce_weight, check, check_overrides, plain
 from kdrun.data import build_data
 from kdrun.engine import MetricsLog
 from kdrun.schemes import RunContext, get_scheme
@@ -116,6 +116,7 @@ def _overrides() -> list:
 def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     """Runs one experiment into `run_dir` (Hydra's output directory by default); returns the summary."""
     check(cfg)
+    check_overrides(cfg, _overrides())
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 

@@ -17,7 +17,7 @@ from kdrun.losses.response import ensemble_logits, mutual_kl
 from kdrun.run import run
 from kdrun.schemes.online import Mutual
 from kdrun.teachers import Ensemble
-from tests.conftest import make_cfg, needs_mnist
+from tests.conftest import kdrun_cli, make_cfg, needs_mnist
 from tests.test_resume import stop_in_epoch
 
 FAKE = ["dataset=fake", "dataset.num_train=200", "dataset.num_test=64"]
@@ -116,9 +116,6 @@ def test_cached_ensemble_logits_give_the_loss_of_the_live_ensemble(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["teacher=[mlp800,lenet5]", "teacher.epochs=3"],
-     r"^teacher.epochs=3: with several teachers \(mlp800, lenet5\) each keeps its own settings: set "
-     r"teacher.members.<option>.epochs"),
     ([*TWO_TEACHERS, "teacher.checkpoint=/x.pt"], r"^teacher.checkpoint=/x.pt: an ensemble takes one checkpoint per member"),
     (["teacher=lenet5", "teacher.ensemble_seeds=[0,1]", "kd=at"], r"^kd=at reads the teacher's layers, and an ensemble"),
     (["ensemble.combine=vote"], r"^ensemble.combine=vote: choose one of mean_probs, mean_logits"),
@@ -133,6 +130,15 @@ def test_cached_ensemble_logits_give_the_loss_of_the_live_ensemble(tmp_path):
 def test_scheme_mistakes_are_one_clear_line(tmp_path, overrides, message):
     with pytest.raises(KdrunError, match=message):
         run(make_cfg("dataset=fake", "student=lenet5", *overrides, tmp=tmp_path), tmp_path / "run")
+
+
+def test_a_top_level_teacher_setting_that_no_ensemble_member_would_use_is_refused(tmp_path):
+    proc = kdrun_cli("teacher=[mlp800,lenet5]", "teacher.members.lenet5.epochs=1", "teacher.epochs=3", "dataset=fake",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "kdrun: error: teacher.epochs=3: with several teachers (mlp800, lenet5) each keeps its own settings: set "
+        "teacher.members.<option>.epochs (e.g. teacher.members.mlp800.epochs=3)")
 
 
 # --- online: deep mutual learning --------------------------------------------------------------
