@@ -45,16 +45,21 @@ def soft_target_settings(cfg: DictConfig) -> tuple[float, float]:
     return float(cfg.kd.hinton.T), float(cfg.kd.hinton.weight)
 
 
-def teacher_not_used(cfg: DictConfig, why: str) -> None:
-    """The schemes that train their own teachers say once that the teacher group is ignored, and
-    refuse settings that would otherwise be silently dropped."""
+def refuse_pretrained_teachers(cfg: DictConfig, why: str) -> None:
+    """The schemes that train their own teachers refuse the settings that would otherwise be
+    silently dropped: a teacher checkpoint, an ensemble."""
     if cfg.teacher.checkpoint or len(cfg.teacher.members) > 1 or cfg.teacher.ensemble_seeds:
         raise KdrunError(f"scheme={cfg.scheme.name} {why}: unset teacher.checkpoint, teacher=[...] and "
                          "teacher.ensemble_seeds, or use scheme=offline")
+
+
+def teacher_not_used(cfg: DictConfig, why: str) -> None:
+    """...and those that ignore the teacher group say so once."""
+    refuse_pretrained_teachers(cfg, why)
     log.info("scheme=%s %s: the teacher group (teacher=%s) is not used", cfg.scheme.name, why, cfg.teacher.name)
 
 
-def test_reports(models: Dict[str, nn.Module], results: Dict[str, FitResult], archs: Dict[str, str], data,
+def best_reports(models: Dict[str, nn.Module], results: Dict[str, FitResult], archs: Dict[str, str], data,
                  device) -> Dict[str, dict]:
     """Each model's summary entry, from its best-on-validation weights (loaded into it here)."""
     from kdrun.checkpoint import load_checkpoint

@@ -14,7 +14,8 @@ from kdrun.config import ce_weight, student_epochs
 from kdrun.engine import fit, reseed
 from kdrun.losses.response import mutual_kl
 from kdrun.models import build_from_config, logits_of, model_meta
-from kdrun.schemes import RunContext, log, soft_target_settings, teacher_not_used, test_reports
+from kdrun.schemes import (RunContext, best_reports, log, refuse_pretrained_teachers, soft_target_settings,
+                           teacher_not_used)
 from kdrun.speed import MixedPrecision, accelerate, speed_settings
 
 
@@ -44,8 +45,7 @@ def run(ctx: RunContext) -> dict:
     cfg, data, device = ctx.cfg, ctx.data, ctx.device
     T, kd_weight = soft_target_settings(cfg)
     if cfg.scheme.peers is None:
-        if cfg.teacher.checkpoint or len(cfg.teacher.members) > 1 or cfg.teacher.ensemble_seeds:
-            teacher_not_used(cfg, "trains its teacher from scratch with the student")
+        refuse_pretrained_teachers(cfg, "trains its teacher from scratch with the student")
         nodes = {"teacher": cfg.teacher, "student": cfg.student}
     else:
         teacher_not_used(cfg, f"trains {cfg.scheme.peers} peers of the student architecture")
@@ -65,7 +65,7 @@ def run(ctx: RunContext) -> dict:
                   seed=cfg.seed, resume=cfg.resume, config_digest=ctx.config_digest, progress=cfg.progress,
                   should_stop=ctx.should_stop,
                   members={name: (peer, model_meta(nodes[name], data)) for name, peer in peers.items()})
-    models = test_reports(peers, results, {name: node.name for name, node in nodes.items()}, data, device)
+    models = best_reports(peers, results, {name: node.name for name, node in nodes.items()}, data, device)
     if cfg.scheme.peers is None:
         return {"teacher": {**models["teacher"], "source": "online"}, "student": models["student"], "models": models}
     # The headline student is the peer that validates best (the test set selects nothing).

@@ -22,7 +22,7 @@ from kdrun.losses.feature import byot_hint
 from kdrun.losses.response import soft_target_kl
 from kdrun.methods.base import default_layers
 from kdrun.models import build_from_config, logits_of, model_meta
-from kdrun.schemes import RunContext, example_batch, teacher_not_used, test_reports
+from kdrun.schemes import RunContext, example_batch, teacher_not_used, best_reports
 from kdrun.speed import MixedPrecision, accelerate, speed_settings
 
 
@@ -140,8 +140,8 @@ def run(ctx: RunContext) -> dict:
                   members={"student": (student, meta), **{name: (view, meta) for name, view in views.items()}})
     archs = {"student": cfg.student.name, **{n: f"{cfg.student.name} up to {p}" for n, p in zip(views, heads)}}
     # The student first: a head's best checkpoint holds the backbone of its own best epoch.
-    models = test_reports({"student": student}, results, archs, data, device)
-    models.update(test_reports(views, results, archs, data, device))
+    models = best_reports({"student": student}, results, archs, data, device)
+    models.update(best_reports(views, results, archs, data, device))
     for name, path in zip(views, heads):
         models[name]["layer"] = path
     return {"teacher": None, "student": models["student"], "models": models}
