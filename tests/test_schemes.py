@@ -105,6 +105,15 @@ def test_an_ensemble_of_architectures_reports_each_member_and_the_ensemble(tmp_p
     assert single["teacher"]["digest"] == teacher["members"]["mlp800"]["digest"]
 
 
+def test_an_ensemble_member_can_come_from_a_checkpoint(tmp_path):
+    single = run(make_cfg(*FAKE, "teacher=mlp800", "teacher.epochs=1", tmp=tmp_path), tmp_path / "single")
+    summary = run(make_cfg(*FAKE, *TWO_TEACHERS, f"teacher.members.mlp800.checkpoint={single['teacher']['path']}",
+                           tmp=tmp_path), tmp_path / "run")
+    members = summary["teacher"]["members"]
+    assert (members["mlp800"]["source"], members["lenet5"]["source"]) == ("checkpoint", "trained")
+    assert members["mlp800"]["test_acc"] == single["teacher"]["test_acc"]
+
+
 def test_cached_ensemble_logits_give_the_loss_of_the_live_ensemble(tmp_path):
     args = [*FAKE, "teacher=mlp800", "teacher.ensemble_seeds=[0,1]", "student.augment=false"]
     cached = run(make_cfg(*args, tmp=tmp_path), tmp_path / "cached")
@@ -117,6 +126,8 @@ def test_cached_ensemble_logits_give_the_loss_of_the_live_ensemble(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     ([*TWO_TEACHERS, "teacher.checkpoint=/x.pt"], r"^teacher.checkpoint=/x.pt: an ensemble takes one checkpoint per member"),
+    (["teacher=lenet5", "teacher.checkpoint=/x.pt", "teacher.ensemble_seeds=[0,1]"],
+     r"^teacher.ensemble_seeds=\[0, 1\]: the member lenet5 is loaded from a checkpoint, which has no seed to vary"),
     (["teacher=lenet5", "teacher.ensemble_seeds=[0,1]", "kd=at"], r"^kd=at reads the teacher's layers, and an ensemble"),
     (["ensemble.combine=vote"], r"^ensemble.combine=vote: choose one of mean_probs, mean_logits"),
     (["scheme=online", "kd=at"], r"^scheme=online teaches through soft targets: use kd=hinton"),
@@ -225,3 +236,11 @@ def test_mutual_learning_under_bf16_autocast_returns_full_precision_losses():
     peers = {"a": nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), "b": nn.Sequential(nn.Flatten(), nn.Linear(16, 3))}
     out = Mutual(peers, 1.0, 1.0, 2.0, amp_dtype=torch.bfloat16)(torch.randn(4, 1, 4, 4), torch.randint(0, 3, (4,)))
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
+
+
+def test_born_again_takes_feature_methods_between_generations(tmp_path):
+    summary = run(make_cfg(*FAKE, "scheme=self", "scheme.generations=1", "student=lenet5", "kd=[hinton,at]",
+                           tmp=tmp_path), tmp_path / "run")
+    gen1 = [r for r in _lines(tmp_path / "run") if r["model"] == "gen1"]
+    assert gen1 and all({"train/loss_hinton", "train/loss_at"} <= set(r) for r in gen1)
+    assert summary["kd"] == ["hinton", "at"] and set(summary["models"]) == {"gen0", "gen1"}
