@@ -31,12 +31,12 @@ test: $(STAMP) ## Run the fast test suite (a few minutes on 2 CPU cores)
 test-slow: $(STAMP) ## Run the long tests too
 	$(PY) -m pytest -q -m ''
 
-reproduce-mnist: $(STAMP) ## Hinton et al. (2015) MNIST table, with the omitted-3 experiment (~20 min on 2 CPU cores)
+reproduce-mnist: $(STAMP) ## Hinton et al. (2015) MNIST table, with the omitted-3 experiment (~13 min on 2 CPU cores)
 	$(PY) -m kdrun.reproduce outputs/reproduce-mnist --omit3
 
 reproduce-mnist-omit3: reproduce-mnist ## The omitted-3 experiment (a section of the same report)
 
-reproduce-mnist-quick: $(STAMP) ## The same table in a few minutes (fewer epochs)
+reproduce-mnist-quick: $(STAMP) ## The same table in ~3 min (fewer epochs)
 	$(PY) -m kdrun.reproduce outputs/reproduce-mnist-quick --preset hinton_mnist_quick
 
 reproduce-mnist-full: $(STAMP) ## Paper-length training (for a GPU: hours on a CPU)
