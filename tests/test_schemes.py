@@ -244,3 +244,14 @@ def test_born_again_takes_feature_methods_between_generations(tmp_path):
     gen1 = [r for r in _lines(tmp_path / "run") if r["model"] == "gen1"]
     assert gen1 and all({"train/loss_hinton", "train/loss_at"} <= set(r) for r in gen1)
     assert summary["kd"] == ["hinton", "at"] and set(summary["models"]) == {"gen0", "gen1"}
+
+
+@pytest.mark.parametrize("scheme", ["online", "self", "self_byot"])
+def test_dry_run_of_every_scheme_trains_nothing(scheme, tmp_path, capsys):
+    kd = ["kd=[hinton,at]", "student=lenet5"] if scheme == "self" else []
+    summary = run(make_cfg(*FAKE, f"scheme={scheme}", "dry_run=true", *kd, tmp=tmp_path), tmp_path / "run")
+    assert summary["status"] == "dry_run"
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+    if scheme == "self":  # generation 1 reads generation 0's layers: the student's own
+        assert {(r["student"], r["teacher"]) for r in summary["layers"]} == {("features.2", "features.2"),
+                                                                               ("features.5", "features.5")}
