@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
-import time
 
 import torch
 from torchvision import datasets, transforms

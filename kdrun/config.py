@@ -200,9 +200,13 @@ def check(cfg: DictConfig) -> None:
         _fail("channels_last", cfg.channels_last, "choose auto, on or off")
     if cfg.ensemble.combine not in COMBINES:
         _fail("ensemble.combine", cfg.ensemble.combine, f"choose one of {', '.join(COMBINES)}")
-    members = teacher_members(cfg)  # also checks the ensemble's settings
-    for name, member in members.items():
-        _check_recipe("teacher" if name == "teacher" else f"teacher.members.{name.split('.s')[0]}", member)
+    teacher_members(cfg)  # checks the ensemble's settings
+    # Several options selected: each member's own recipe is used, the merged top level is not.
+    several = cfg.teacher.members if len(cfg.teacher.members) > 1 else {}
+    for option, node in several.items():
+        _check_recipe(f"teacher.members.{option}", node)
+    if not several:
+        _check_recipe("teacher", cfg.teacher)
     _check_scheme(cfg.scheme)
     _check_recipe("student", cfg.student)
     d = cfg.dataset

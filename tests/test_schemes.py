@@ -2,7 +2,6 @@
 and be-your-own-teacher (self_byot)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 
@@ -129,6 +128,8 @@ def test_cached_ensemble_logits_give_the_loss_of_the_live_ensemble(tmp_path):
     (["teacher=lenet5", "teacher.checkpoint=/x.pt", "teacher.ensemble_seeds=[0,1]"],
      r"^teacher.ensemble_seeds=\[0, 1\]: the member lenet5 is loaded from a checkpoint, which has no seed to vary"),
     (["teacher=lenet5", "teacher.ensemble_seeds=[0,1]", "kd=at"], r"^kd=at reads the teacher's layers, and an ensemble"),
+    (["teacher=[mlp800,lenet5]", "teacher.members.lenet5.epochs=0"], r"^teacher.members.lenet5.epochs=0: must be at least 1"),
+    (["teacher=lenet5", "teacher.ensemble_seeds=[0,1]", "teacher.epochs=0"], r"^teacher.epochs=0: must be at least 1"),
     (["ensemble.combine=vote"], r"^ensemble.combine=vote: choose one of mean_probs, mean_logits"),
     (["scheme=online", "kd=at"], r"^scheme=online teaches through soft targets: use kd=hinton"),
     (["scheme=online", "teacher.checkpoint=/x.pt"], r"^scheme=online trains its teacher from scratch"),

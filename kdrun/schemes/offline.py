@@ -20,6 +20,12 @@ from kdrun.teachers import Ensemble, cached_train_logits, get_teachers, test_rep
 def run(ctx: RunContext) -> dict:
     cfg = ctx.cfg
     methods = build_methods(cfg.kd, cfg.student, cfg.teacher)
+    if teacher_members(cfg).keys() != {"teacher"}:
+        reading = [name for name, m in methods.items() if m.teacher_layers]
+        if reading:
+            raise KdrunError(f"kd={reading[0]} reads the teacher's layers, and an ensemble of teachers has no single "
+                             "layer to read: with teacher=[...] or teacher.ensemble_seeds use logit methods "
+                             "(hinton, logits, dkd)")
     teacher, teacher_info = None, None
     if methods:
         teacher, teacher_info = get_teachers(cfg, ctx.data, ctx.device, ctx.metrics, cfg.progress, ctx.should_stop,
@@ -94,10 +100,4 @@ def distillation_T(cfg, methods) -> float:
     if len(temperatures) > 1:
         raise KdrunError(f"kd: the methods use different temperatures {sorted(temperatures)}, but a teacher ensemble "
                          "averages its probabilities at one: give them the same T")
-    if teacher_members(cfg).keys() != {"teacher"}:
-        reading = [name for name, m in methods.items() if m.teacher_layers]
-        if reading:
-            raise KdrunError(f"kd={reading[0]} reads the teacher's layers, and an ensemble of teachers has no single "
-                             "layer to read: with teacher=[...] or teacher.ensemble_seeds use logit methods "
-                             "(hinton, logits, dkd)")
     return temperatures.pop() if temperatures else float(cfg.T)

@@ -20,27 +20,24 @@ def run(ctx: RunContext) -> dict:
         raise KdrunError("scheme=self distils each generation from the previous one: choose a KD method "
                          "(kd=hinton, or any other), not kd=none")
     teacher_not_used(cfg, "teaches each generation of the student with the previous one")
-    generations = {}
+    def load(name: str):
+        """A finished generation, from its best-on-validation checkpoint."""
+        model = build_from_config(cfg.student, data)
+        load_weights(model, ctx.run_dir / "checkpoints" / f"{name}_best.pt", name, **model_meta(cfg.student, data))
+        return model.to(device)
+
     out = distill(ctx, {}, None, None, role="gen0")
     if cfg.dry_run:  # shows the layers generation 1 would read from generation 0
         previous = build_from_config(cfg.student, data).to(device)
         return distill(ctx, build_methods(cfg.kd, cfg.student, cfg.student), previous, None, role="gen1")
-    generations["gen0"] = out["student"]
+    generations, members = {"gen0": out["student"]}, {"gen0": load("gen0")}
     for k in range(1, cfg.scheme.generations + 1):
-        previous = build_from_config(cfg.student, data)
-        info = generations[f"gen{k - 1}"]
-        load_weights(previous, ctx.run_dir / "checkpoints" / f"gen{k - 1}_best.pt", f"generation {k - 1}",
-                     **model_meta(cfg.student, data))
-        teacher_info = {**info, "source": f"gen{k - 1}"}
+        name, previous = f"gen{k}", f"gen{k - 1}"
         # Fresh methods (and adapters) each generation; the teacher's layers are the student's own.
         methods = build_methods(cfg.kd, cfg.student, cfg.student)
-        generations[f"gen{k}"] = distill(ctx, methods, previous.to(device), teacher_info, role=f"gen{k}")["student"]
-
-    members = {}
-    for name in generations:
-        model = build_from_config(cfg.student, data)
-        load_weights(model, ctx.run_dir / "checkpoints" / f"{name}_best.pt", name, **model_meta(cfg.student, data))
-        members[name] = model.to(device)
+        teacher_info = {**generations[previous], "source": previous}
+        generations[name] = distill(ctx, methods, members[previous], teacher_info, role=name)["student"]
+        members[name] = load(name)
     ensemble = Ensemble(members, "mean_probs", T=1.0)
     last = f"gen{cfg.scheme.generations}"
     return {"teacher": {**generations["gen0"], "source": "gen0"}, "student": generations[last],
