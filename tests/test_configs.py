@@ -23,7 +23,7 @@ def options(group: str) -> list[str]:
 
 def test_the_groups_hold_what_the_readme_promises():
     models = {"mlp1200", "mlp800", "lenet5", "resnet18", "resnet34", "resnet50", "mobilenetv2",
-              "mobilenetv3_small", "shufflenetv2", "efficientnet_b0", "vgg11", "torchvision"}
+              "mobilenetv3_small", "shufflenetv2", "efficientnet_b0", "vgg11", "torchvision", "soft_tree"}
     assert set(options("teacher")) == set(options("student")) == models
     assert set(options("dataset")) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake"}
     assert {"hinton", "none"} <= set(options("kd"))
