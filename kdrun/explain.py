@@ -160,14 +160,16 @@ def _file_image(file: Path, data, cfg) -> tuple[torch.Tensor, torch.Tensor]:
     except (OSError, UnidentifiedImageError) as e:
         raise KdrunError(f"--image={file}: not a readable image ({e})") from None
     shown = resize(pil_to_tensor(picture).float() / 255, [data.image_size, data.image_size], antialias=True)
-    mean, std = (torch.tensor(list(v)).view(-1, 1, 1) for v in (cfg.dataset.mean, cfg.dataset.std))
-    return (shown - mean) / std, shown
+    return (shown - _stat(cfg.dataset.mean)) / _stat(cfg.dataset.std), shown
 
 
 def explain_image(tree, x: torch.Tensor, shown: torch.Tensor, out: Path, name: str, label: Optional[int] = None) -> str:
     """Writes the path figure and returns its printed list."""
-    tree.prediction, mixture = "mixture", int(tree(x[None]).argmax())
-    tree.prediction = "max_path"
+    from kdrun.models.soft_tree import mixture_log_probs
+
+    with torch.no_grad():
+        _, log_leaf, log_q, _ = tree.paths(x[None])
+        mixture = int(mixture_log_probs(log_leaf, log_q).argmax())
     title = f"{name}" + (f" (label {label})" if label is not None else "")
     steps, leaf = path_figure(tree, x, shown, out, title)
     dist = tree.leaf_distributions()[leaf]
@@ -194,6 +196,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--out", type=Path, help="the PNG to write (default: in RUN_DIR)")
     args = parser.parse_args(argv)
     try:
+        if args.levels < 1:
+            raise KdrunError(f"--levels={args.levels}: draw at least 1 level")
         cfg, data, tree = load_tree(args.run_dir, args.checkpoint, args.data_dir)
         if args.index is None and args.image is None:
             out = tree_figure(tree, args.out or args.run_dir / "tree.png", tree.depth if args.full else args.levels)
@@ -201,26 +205,29 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             return
         if args.image is not None:
             x, shown = _file_image(args.image, data, cfg)
-            name, label = args.image.name, None
             out = args.out or args.run_dir / f"explain_{args.image.stem}.png"
+            print(explain_image(tree, x, shown, out, args.image.name))
         else:
-            if not 0 <= args.index < data.sizes["test"]:
-                raise KdrunError(f"--index={args.index}: the test split has images 0 to {data.sizes['test'] - 1}")
-            x, label = _test_image(data, args.index)
-            mean, std = (torch.tensor(list(v)).view(-1, 1, 1) for v in (cfg.dataset.mean, cfg.dataset.std))
-            shown, name = (x * std + mean).clamp(0, 1), f"test image {args.index}"
-            out = args.out or args.run_dir / f"explain_test{args.index}.png"
-        print(explain_image(tree, x, shown, out, name, label))
+            print(explain_test_image(cfg, data, tree, args.index,
+                                     args.out or args.run_dir / f"explain_test{args.index}.png"))
     except KdrunError as e:
         sys.exit(f"kdrun-explain: error: {e}")
 
 
-def _test_image(data, index: int) -> tuple[torch.Tensor, int]:
+def explain_test_image(cfg, data, tree, index: int, out: Path) -> str:
+    """explain_image for the test split's image `index`."""
+    if not 0 <= index < data.sizes["test"]:
+        raise KdrunError(f"--index={index}: the test split has images 0 to {data.sizes['test'] - 1}")
     batch = 1024
-    for i, (x, y) in enumerate(data.loader("test", batch)):
-        if i == index // batch:
-            return x[index % batch], int(y[index % batch])
-    raise AssertionError("unreachable: the index was checked")
+    x, y = next(b for i, b in enumerate(data.loader("test", batch)) if i == index // batch)
+    x, label = x[index % batch], int(y[index % batch])
+    shown = (x * _stat(cfg.dataset.std) + _stat(cfg.dataset.mean)).clamp(0, 1)
+    return explain_image(tree, x, shown, out, f"test image {index}", label)
+
+
+def _stat(values) -> torch.Tensor:
+    """A dataset's per-channel mean or std, shaped to broadcast over an image."""
+    return torch.tensor(list(values)).view(-1, 1, 1)
 
 
 if __name__ == "__main__":

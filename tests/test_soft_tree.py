@@ -148,14 +148,23 @@ def test_a_resumed_tree_matches_an_uninterrupted_one(tmp_path, monkeypatch):
 
 
 def test_explain_writes_the_tree_and_a_path(distilled_tree, capsys):
+    import tomllib
+
+    from PIL import Image
+
     from kdrun.explain import main
+    from tests.conftest import ROOT
 
     run_dir, _ = distilled_tree
     main([str(run_dir)])
     main([str(run_dir), "--index", "5"])
+    Image.new("L", (28, 28), 255).save(run_dir / "blank.png")
+    main([str(run_dir), "--image", str(run_dir / "blank.png"), "--out", str(run_dir / "blank_path.png")])
     printed = capsys.readouterr().out
-    for png in ("tree.png", "explain_test5.png"):
+    for png in ("tree.png", "explain_test5.png", "blank_path.png"):
         assert (run_dir / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "test image 5 (label" in printed and "depth 2  node" in printed and "prediction:" in printed
+    assert "test image 5 (label" in printed and "depth 2  node" in printed and "blank.png: the path" in printed
     with pytest.raises(SystemExit, match="--index=256: the test split has images 0 to 255"):
         main([str(run_dir), "--index", "256"])
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["kdrun-explain"] == "kdrun.explain:main"
