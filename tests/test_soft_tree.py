@@ -41,7 +41,7 @@ def test_path_probabilities_of_the_leaves_sum_to_one_for_every_input():
     torch.testing.assert_close(log_inner[:, 2].exp(), log_leaf[:, 32:].exp().sum(1))
 
 
-def test_leaf_weighted_loss_prediction_and_mixture_equal_hand_values():
+def test_leaf_weighted_loss_outputs_and_predictions_equal_hand_values():
     # Depth 1: p(right) = sigmoid(ln 3) = 3/4; left leaf Q = (1/2, 1/2), right leaf Q = (3/4, 1/4).
     tree = tiny_tree(1, 1, [[1.0]], penalty=1.0)
     with torch.no_grad():
@@ -53,13 +53,22 @@ def test_leaf_weighted_loss_prediction_and_mixture_equal_hand_values():
     # The penalty at the root, a = 3/4: -(0.5 ln 3/4 + 0.5 ln 1/4).
     assert out["loss_tree_penalty"].item() == pytest.approx(-(0.5 * math.log(0.75) + 0.5 * math.log(0.25)))
     assert out["loss"].item() == pytest.approx(out["loss_ce"].item() + out["loss_tree_penalty"].item())
-    # Training outputs the mixture 1/4 (1/2, 1/2) + 3/4 (3/4, 1/4) = (11/16, 5/16), as log-probabilities.
-    torch.testing.assert_close(out["logits"].exp(), torch.tensor([[11 / 16, 5 / 16]]))
     # Soft targets T = (1/2, 1/2): -sum_l P_l sum_k T_k log Q_lk.
     soft = tree.label_loss(torch.tensor([[0.5, 0.5]]))
     assert soft.item() == pytest.approx(-(0.25 * math.log(0.5) + 0.75 * 0.5 * (math.log(0.75) + math.log(0.25))))
+    # Training outputs the leaves' log-distributions averaged with the path probabilities...
+    expected = [0.25 * math.log(0.5) + 0.75 * math.log(0.75), 0.25 * math.log(0.5) + 0.75 * math.log(0.25)]
+    torch.testing.assert_close(out["logits"], torch.tensor([expected]))
+    # ...whose cross-entropy is the paper's loss less a Jensen gap, which closes as the decision hardens.
+    ce = torch.nn.functional.cross_entropy(out["logits"], y).item()
+    assert ce < out["loss_ce"].item() - 0.01
+    hard = Distiller(tree).train()(100 * x, y)
+    assert torch.nn.functional.cross_entropy(hard["logits"], y).item() == pytest.approx(-math.log(0.75), abs=1e-6)
+    assert hard["loss_ce"].item() == pytest.approx(-math.log(0.75), abs=1e-6)
     tree.eval()
     torch.testing.assert_close(tree(x).exp(), torch.tensor([[0.75, 0.25]]))  # the right leaf: greatest path
+    tree.prediction = "mixture"  # 1/4 (1/2, 1/2) + 3/4 (3/4, 1/4)
+    torch.testing.assert_close(tree(x).exp(), torch.tensor([[11 / 16, 5 / 16]]))
 
 
 def test_penalty_equals_a_hand_computation_on_a_depth_2_tree_and_averages_over_batches():

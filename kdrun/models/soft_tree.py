@@ -24,10 +24,13 @@ leaves sum to 1).
   which the filters' own norms can do as well, so its only role is the paper's, to set how soft
   the decisions are (the initial sharpness, and with it how fast they harden).
 - Prediction: in evaluation, the distribution of the leaf with the greatest path probability
-  (the paper's rule; `prediction="mixture"` gives the path-weighted mixture of all leaves). In
-  training the output is the mixture, the one of the two whose gradient reaches the filters: a
-  distillation term on the maximum-path leaf would train that leaf alone. The logits returned are
-  log-probabilities (log Q), which is what KD losses soften at their temperature.
+  (the paper's rule; `prediction="mixture"` gives the path-weighted mixture of the leaves'
+  distributions, log sum_l P_l Q_l, instead). In training the output is sum_l P_l(x) log Q_l, the
+  leaves' log-distributions averaged with the path probabilities: it becomes the maximum-path
+  leaf's log Q as the decisions harden, its gradient reaches every filter and leaf (a KD loss on the
+  maximum-path leaf would train that one leaf and no filter), and a KD loss on it at temperature T
+  is the paper's leaf-weighted cross-entropy against the soft targets (each leaf softened at T) less
+  a Jensen gap that vanishes for hard decisions. These are the logits KD losses soften.
 """
 from __future__ import annotations
 
@@ -75,6 +78,14 @@ def mixture_log_probs(log_path: torch.Tensor, log_q: torch.Tensor) -> torch.Tens
     return torch.logsumexp(log_path[:, :, None] + log_q[None], dim=1)
 
 
+def path_weighted_log_probs(log_path: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """sum_l P_l(x) log Q_l, (N, C): the leaves' log-distributions averaged with the path
+    probabilities (a geometric mixture, unnormalised). As logits, its cross-entropy against any
+    target T is the paper's leaf-weighted loss minus a Jensen gap that vanishes as the decisions
+    harden, where it becomes the maximum-path leaf's log Q."""
+    return log_path.exp() @ log_q
+
+
 def balance_penalty(alpha: torch.Tensor, depths: torch.Tensor, strength: float) -> torch.Tensor:
     """C = -strength * sum_i 2^-d(i) (0.5 log a_i + 0.5 log(1 - a_i)) over the inner nodes."""
     alpha = alpha.clamp(1e-6, 1 - 1e-6)  # a node no data reaches has no a_i to speak of
@@ -91,7 +102,7 @@ class SoftTree(nn.Module):
     `regularizers()` give the loss terms of that batch (the Distiller calls them)."""
 
     def __init__(self, in_features: int, num_classes: int, image_shape: tuple[int, ...], depth: int = 8,
-                 beta: float = 1.0, penalty: float = 0.1, ema_window: float = 1.0, prediction: str = "max_path"):
+                 beta: float = 1.0, penalty: float = 1.0, ema_window: float = 1.0, prediction: str = "max_path"):
         super().__init__()
         self.depth, self.penalty, self.prediction = depth, float(penalty), prediction
         self.image_shape = tuple(image_shape)  # how a filter is drawn (kdrun.explain)
@@ -126,7 +137,7 @@ class SoftTree(nn.Module):
                 return mixture_log_probs(log_leaf, log_q)
             return log_q[log_leaf.argmax(1)]
         self._last = (log_leaf, log_q, self._alpha(log_inner.exp(), torch.sigmoid(activations)))
-        return mixture_log_probs(log_leaf, log_q)
+        return path_weighted_log_probs(log_leaf, log_q)
 
     def _alpha(self, reach: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """a_i over the moving window; updates the averages (once per training batch)."""
@@ -176,7 +187,7 @@ class SoftTree(nn.Module):
 
 @register_model
 def soft_tree(num_classes: int, in_channels: int, image_size: int, depth: int = 8, beta: float = 1.0,
-              penalty: float = 0.1, ema_window: float = 1.0, prediction: str = "max_path"):
+              penalty: float = 1.0, ema_window: float = 1.0, prediction: str = "max_path"):
     """Frosst & Hinton (2017): a soft decision tree over the flattened image."""
     checks = [("depth", depth, 1 <= depth <= 16, "must be between 1 and 16 (the paper's MNIST tree has 8)"),
               ("beta", beta, beta > 0, "the inverse temperature must be > 0"),
