@@ -44,6 +44,9 @@ reproduce-mnist-quick: $(STAMP) ## The same table in ~3 min (fewer epochs)
 reproduce-mnist-full: $(STAMP) ## Paper-length training (for a GPU: hours on a CPU)
 	$(PY) -m kdrun.reproduce outputs/reproduce-mnist-full --preset hinton_mnist_paper --omit3
 
+reproduce-soft-tree: $(STAMP) ## Frosst & Hinton (2017): a depth-8 soft decision tree from labels vs distilled, MNIST (~N min on 2 CPU cores)
+	$(PY) -m kdrun.reproduce_soft_tree outputs/reproduce-soft-tree
+
 bench: $(STAMP) ## Images/s of the default MNIST experiment: student alone, live teacher, cached logits, DataLoader
 	$(PY) -m kdrun.bench
 
@@ -51,4 +54,4 @@ clean: ## Remove caches (keeps .venv and outputs/)
 	rm -rf .pytest_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -not -path './$(VENV)/*' -exec rm -rf {} +
 
-.PHONY: help install test test-slow reproduce-mnist reproduce-mnist-omit3 reproduce-mnist-quick reproduce-mnist-full bench clean
+.PHONY: help install test test-slow reproduce-mnist reproduce-mnist-omit3 reproduce-mnist-quick reproduce-mnist-full reproduce-soft-tree bench clean

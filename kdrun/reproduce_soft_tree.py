@@ -20,29 +20,29 @@ import torch
 from kdrun import KdrunError
 from kdrun.reproduce import parse_with_overrides, run_job
 
-PAPER = {"labels": 0.9445, "distilled": 0.9676}  # the paper's MNIST test accuracies, depth 8
+PAPER = {"labels": 0.9445, "distilled": 0.9676}  # the paper's MNIST test accuracies (a depth-8 tree)
 JOBS = {"labels": ["kd=none"], "distilled": ["kd=hinton"]}
 
 
-def mixture_accuracy(run_dir: Path) -> float:
-    """Test accuracy of the run's tree when it predicts with the mixture of all its leaves."""
+def mixture_accuracy(run_dir: Path) -> tuple[float, int]:
+    """(test accuracy of the run's tree when it predicts with the mixture of all its leaves, its depth)."""
     from kdrun.engine import evaluate
     from kdrun.explain import load_tree
 
     _, data, tree = load_tree(run_dir)
     tree.prediction = "mixture"
-    return evaluate(tree, data.loader("test", 1024), torch.device("cpu"))["acc"]
+    return evaluate(tree, data.loader("test", 1024), torch.device("cpu"))["acc"], tree.depth
 
 
-def write_report(out: Path, summaries: dict, mixtures: dict) -> str:
+def write_report(out: Path, summaries: dict, mixtures: dict, depth: int) -> str:
     teacher, distilled = summaries["distilled"]["teacher"], summaries["distilled"]
     lines = ["# Frosst & Hinton (2017) on MNIST, reproduced by kdrun", "",
              "| model | parameters | test accuracy here (maximum-path leaf) | mixture of leaves | in the paper |",
              "|---|---:|---:|---:|---:|",
              f"| teacher 1200-1200 (`make reproduce-mnist`'s) | {teacher['params']:,} | {100 * teacher['test_acc']:.2f}% "
              f"| | |"]
-    for name, label in (("labels", "soft tree, depth 8, labels only"),
-                        ("distilled", f"soft tree, depth 8, distilled at T={distilled['T']:g}")):
+    for name, label in (("labels", f"soft tree, depth {depth}, labels only"),
+                        ("distilled", f"soft tree, depth {depth}, distilled at T={distilled['T']:g}")):
         student = summaries[name]["student"]
         lines.append(f"| {label} | {student['params']:,} | {100 * student['test_acc']:.2f}% | "
                      f"{100 * mixtures[name]:.2f}% | {100 * PAPER[name]:.2f}% |")
@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         summaries = {name: run_job(name, args.out, args.preset, args.overrides, JOBS) for name in JOBS}
-        mixtures = {name: mixture_accuracy(args.out / name) for name in JOBS}
+        evaluated = {name: mixture_accuracy(args.out / name) for name in JOBS}
         figures(args.out)
-        print(write_report(args.out, summaries, mixtures))
+        print(write_report(args.out, summaries, {name: acc for name, (acc, _) in evaluated.items()},
+                           evaluated["distilled"][1]))
     except KdrunError as e:
         sys.exit(f"kdrun.reproduce_soft_tree: error: {e}")
 

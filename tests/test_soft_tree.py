@@ -15,7 +15,7 @@ from kdrun.methods.base import Distiller
 from kdrun.models import build_model
 from kdrun.models.soft_tree import SoftTree, path_log_probs
 from kdrun.run import run
-from tests.conftest import make_cfg
+from tests.conftest import DATA_DIR, HAS_MNIST, make_cfg
 from tests.test_resume import _student_lines, stop_in_epoch
 
 LN3 = math.log(3)
@@ -177,3 +177,31 @@ def test_explain_writes_the_tree_and_a_path(distilled_tree, capsys):
         main([str(run_dir), "--index", "256"])
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["kdrun-explain"] == "kdrun.explain:main"
+
+
+def test_the_reproduction_report_puts_both_trees_next_to_the_paper(tmp_path):
+    from kdrun.reproduce_soft_tree import write_report
+
+    def summary(acc, source="cache"):
+        return {"teacher": {"params": 2395210, "test_acc": 0.9923, "source": source},
+                "student": {"params": 203530, "test_acc": acc}, "T": 1.0, "wall_time_s": 90.0, "device": "cpu"}
+
+    text = write_report(tmp_path, {"labels": summary(0.9601), "distilled": summary(0.9655)},
+                        {"labels": 0.9650, "distilled": 0.9702}, depth=8)
+    assert "| soft tree, depth 8, labels only | 203,530 | 96.01% | 96.50% | 94.45% |" in text
+    assert "| soft tree, depth 8, distilled at T=1 | 203,530 | 96.55% | 97.02% | 96.76% |" in text
+    assert "Distillation adds +0.54 points (paper: +2.31)" in text
+    assert (tmp_path / "report.md").read_text() == text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_MNIST, reason="no MNIST here")
+def test_tiny_soft_tree_reproduction_writes_its_report_and_figures(tmp_path):
+    from kdrun.reproduce_soft_tree import main
+
+    main([str(tmp_path / "out"), "--", "dataset.train_subset=300", "teacher.epochs=1", "epochs=1",
+          "student.kwargs.depth=3", "progress=false", f"teacher_cache={tmp_path / 'teachers'}", f"data_dir={DATA_DIR}"])
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| soft tree, depth 3, labels only |" in report and "| soft tree, depth 3, distilled at T=1 |" in report
+    for png in ("tree.png", "explain_test0.png"):
+        assert (tmp_path / "out" / png).stat().st_size > 1000
