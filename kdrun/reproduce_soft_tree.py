@@ -3,11 +3,13 @@ Network Into a Soft Decision Tree": a soft decision tree of depth 8 trained on t
 same tree distilled from kdrun's MNIST teacher.
 
 The teacher is the 1200-1200 net of `make reproduce-mnist`: the preset `experiment/soft_tree_mnist`
-extends `experiment/hinton_mnist`, so the teacher's config digest is the same and the teacher cache
-holds it once either reproduction has run. Each tree is an ordinary kdrun run (any knob can be
-changed: `python -m kdrun.reproduce_soft_tree OUT -- student.kwargs.penalty=1`); this module runs
-them, then writes OUT/report.md with the test accuracies next to the paper's, OUT/tree.png (the
-distilled tree's top levels) and OUT/explain_test0.png (the path of the first test image).
+extends `experiment/hinton_mnist` and fixes the teacher's seed at 0, so the teacher's config digest is
+the same and the teacher cache holds it once either reproduction has run. Each tree is an ordinary
+kdrun run (any knob can be changed: `python -m kdrun.reproduce_soft_tree OUT -- student.kwargs.penalty=3`),
+trained for each of `--seeds` (0 1 2); this module runs them into OUT/s<seed>/<job>, then writes
+OUT/report.md with the test accuracies (mean and std over the seeds) next to the paper's,
+OUT/tree.png (the first seed's distilled tree) and OUT/explain_test0.png (the path of the first
+test image through it).
 """
 from __future__ import annotations
 
@@ -34,34 +36,52 @@ def mixture_accuracy(run_dir: Path) -> tuple[float, int]:
     return evaluate(tree, data.loader("test", 1024), torch.device("cpu"))["acc"], tree.depth
 
 
-def write_report(out: Path, summaries: dict, mixtures: dict, depth: int) -> str:
-    teacher, distilled = summaries["distilled"]["teacher"], summaries["distilled"]
+def _mean_std(values: list[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{100 * mean:.2f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+
+
+def write_report(out: Path, runs: dict, depth: int) -> str:
+    """runs: {seed: {job: {"summary": its summary.json, "mixture": its mixture test accuracy}}}."""
+    seeds = sorted(runs)
+    first = runs[seeds[0]]["distilled"]["summary"]
+    teacher, params = first["teacher"], first["student"]["params"]
+    acc = {(job, kind): [runs[s][job]["summary"]["student"]["test_acc"] if kind == "max" else runs[s][job]["mixture"]
+                         for s in seeds] for job in JOBS for kind in ("max", "mixture")}
+    gains = [d - l for d, l in zip(acc["distilled", "max"], acc["labels", "max"])]
     lines = ["# Frosst & Hinton (2017) on MNIST, reproduced by kdrun", "",
-             "| model | parameters | test accuracy here (maximum-path leaf) | mixture of leaves | in the paper |",
+             f"Test accuracy (%), mean ± std over seeds {', '.join(map(str, seeds))} (the teacher's seed stays 0).", "",
+             "| model | parameters | here (maximum-path leaf) | here (mixture of leaves) | in the paper |",
              "|---|---:|---:|---:|---:|",
-             f"| teacher 1200-1200 (`make reproduce-mnist`'s) | {teacher['params']:,} | {100 * teacher['test_acc']:.2f}% "
-             f"| | |"]
-    for name, label in (("labels", f"soft tree, depth {depth}, labels only"),
-                        ("distilled", f"soft tree, depth {depth}, distilled at T={distilled['T']:g}")):
-        student = summaries[name]["student"]
-        lines.append(f"| {label} | {student['params']:,} | {100 * student['test_acc']:.2f}% | "
-                     f"{100 * mixtures[name]:.2f}% | {100 * PAPER[name]:.2f}% |")
-    gain = summaries["distilled"]["student"]["test_acc"] - summaries["labels"]["student"]["test_acc"]
-    minutes = {name: s["wall_time_s"] / 60 for name, s in summaries.items()}
-    lines += ["", f"Distillation adds {100 * gain:+.2f} points (paper: "
-                  f"{100 * (PAPER['distilled'] - PAPER['labels']):+.2f}); target: at least +1.",
-              f"Wall time: labels {minutes['labels']:.1f} min, distilled {minutes['distilled']:.1f} min "
-              f"(teacher: {teacher['source']}) on {distilled['device']}; runs in {out}/<job>/.",
-              "", "Figures: tree.png (the distilled tree, top 4 levels) and explain_test0.png (one test image's path)."]
+             f"| teacher 1200-1200 (`make reproduce-mnist`'s) | {teacher['params']:,} | {100 * teacher['test_acc']:.2f} | | |"]
+    for job, label in (("labels", "labels only"), ("distilled", f"distilled at T={first['T']:g}")):
+        lines.append(f"| soft tree, depth {depth}, {label} | {params:,} | {_mean_std(acc[job, 'max'])} | "
+                     f"{_mean_std(acc[job, 'mixture'])} | {100 * PAPER[job]:.2f} |")
+    lines += ["", "| seed | labels | distilled | gain (points) | labels, mixture | distilled, mixture |",
+              "|---:|---:|---:|---:|---:|---:|"]
+    for i, seed in enumerate(seeds):
+        lines.append(f"| {seed} | {100 * acc['labels', 'max'][i]:.2f} | {100 * acc['distilled', 'max'][i]:.2f} | "
+                     f"{100 * gains[i]:+.2f} | {100 * acc['labels', 'mixture'][i]:.2f} | "
+                     f"{100 * acc['distilled', 'mixture'][i]:.2f} |")
+    minutes = sum(runs[s][job]["summary"]["wall_time_s"] for s in seeds for job in JOBS) / 60
+    lines += ["", f"Distillation adds {_mean_std(gains)} points (paper: {100 * (PAPER['distilled'] - PAPER['labels']):+.2f}); "
+                  "the target is at least +1.",
+              f"Wall time of the runs: {minutes:.1f} min on {first['device']} (the teacher: {teacher['source']}); "
+              f"runs in {out}/s<seed>/<job>/.",
+              "", f"Figures: tree.png (seed {seeds[0]}'s distilled tree, top 4 levels) and explain_test0.png "
+                  "(the path of the first test image through it)."]
     text = "\n".join(lines) + "\n"
     (out / "report.md").write_text(text)
     return text
 
 
-def figures(out: Path) -> None:
+def figures(run_dir: Path, out: Path) -> None:
     from kdrun.explain import explain_test_image, load_tree, tree_figure
 
-    cfg, data, tree = load_tree(out / "distilled")
+    cfg, data, tree = load_tree(run_dir)
     tree_figure(tree, out / "tree.png")
     print(explain_test_image(cfg, data, tree, 0, out / "explain_test0.png"))
 
@@ -70,15 +90,21 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kdrun.reproduce_soft_tree", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output folder (e.g. outputs/reproduce-soft-tree)")
     parser.add_argument("--preset", default="soft_tree_mnist", help="configs/experiment/<preset>.yaml")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="the trees' seeds (default 0 1 2)")
     parser.epilog = "kdrun overrides for every run follow a --: python -m kdrun.reproduce_soft_tree OUT -- epochs=10"
     args = parse_with_overrides(parser, argv)
     try:
-        args.out.mkdir(parents=True, exist_ok=True)
-        summaries = {name: run_job(name, args.out, args.preset, args.overrides, JOBS) for name in JOBS}
-        evaluated = {name: mixture_accuracy(args.out / name) for name in JOBS}
-        figures(args.out)
-        print(write_report(args.out, summaries, {name: acc for name, (acc, _) in evaluated.items()},
-                           evaluated["distilled"][1]))
+        runs, depth = {}, None
+        for seed in args.seeds:
+            folder = args.out / f"s{seed}"
+            folder.mkdir(parents=True, exist_ok=True)
+            runs[seed] = {}
+            for job in JOBS:
+                summary = run_job(job, folder, args.preset, [*args.overrides, f"seed={seed}"], JOBS)
+                mixture, depth = mixture_accuracy(folder / job)
+                runs[seed][job] = {"summary": summary, "mixture": mixture}
+        figures(args.out / f"s{args.seeds[0]}" / "distilled", args.out)
+        print(write_report(args.out, runs, depth))
     except KdrunError as e:
         sys.exit(f"kdrun.reproduce_soft_tree: error: {e}")
 

@@ -175,6 +175,8 @@ def test_explain_writes_the_tree_and_a_path(distilled_tree, capsys):
     assert "test image 5 (label" in printed and "depth 2  node" in printed and "blank.png: the path" in printed
     with pytest.raises(SystemExit, match="--index=256: the test split has images 0 to 255"):
         main([str(run_dir), "--index", "256"])
+    with pytest.raises(SystemExit, match=r"RUN_DIR=.*: no .hydra/config.yaml there"):
+        main([str(run_dir / "checkpoints")])
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["kdrun-explain"] == "kdrun.explain:main"
 
@@ -182,15 +184,18 @@ def test_explain_writes_the_tree_and_a_path(distilled_tree, capsys):
 def test_the_reproduction_report_puts_both_trees_next_to_the_paper(tmp_path):
     from kdrun.reproduce_soft_tree import write_report
 
-    def summary(acc, source="cache"):
-        return {"teacher": {"params": 2395210, "test_acc": 0.9923, "source": source},
-                "student": {"params": 203530, "test_acc": acc}, "T": 1.0, "wall_time_s": 90.0, "device": "cpu"}
+    def job(acc, mixture):
+        return {"summary": {"teacher": {"params": 2395210, "test_acc": 0.9923, "source": "cache"},
+                            "student": {"params": 202735, "test_acc": acc}, "T": 1.0, "wall_time_s": 60.0,
+                            "device": "cpu"}, "mixture": mixture}
 
-    text = write_report(tmp_path, {"labels": summary(0.9601), "distilled": summary(0.9655)},
-                        {"labels": 0.9650, "distilled": 0.9702}, depth=8)
-    assert "| soft tree, depth 8, labels only | 203,530 | 96.01% | 96.50% | 94.45% |" in text
-    assert "| soft tree, depth 8, distilled at T=1 | 203,530 | 96.55% | 97.02% | 96.76% |" in text
-    assert "Distillation adds +0.54 points (paper: +2.31)" in text
+    text = write_report(tmp_path, {0: {"labels": job(0.9600, 0.9650), "distilled": job(0.9650, 0.9700)},
+                                   1: {"labels": job(0.9620, 0.9660), "distilled": job(0.9640, 0.9690)}}, depth=8)
+    # Means and sample standard deviations over the seeds: (96.50, 96.40) -> 96.45 ± 0.07.
+    assert "| soft tree, depth 8, labels only | 202,735 | 96.10 ± 0.14 | 96.55 ± 0.07 | 94.45 |" in text
+    assert "| soft tree, depth 8, distilled at T=1 | 202,735 | 96.45 ± 0.07 | 96.95 ± 0.07 | 96.76 |" in text
+    assert "| 1 | 96.20 | 96.40 | +0.20 | 96.60 | 96.90 |" in text
+    assert "Distillation adds 0.35 ± 0.21 points (paper: +2.31)" in text and "4.0 min on cpu" in text
     assert (tmp_path / "report.md").read_text() == text
 
 
@@ -199,9 +204,10 @@ def test_the_reproduction_report_puts_both_trees_next_to_the_paper(tmp_path):
 def test_tiny_soft_tree_reproduction_writes_its_report_and_figures(tmp_path):
     from kdrun.reproduce_soft_tree import main
 
-    main([str(tmp_path / "out"), "--", "dataset.train_subset=300", "teacher.epochs=1", "epochs=1",
+    main([str(tmp_path / "out"), "--seeds", "0", "--", "dataset.train_subset=300", "teacher.epochs=1", "epochs=1",
           "student.kwargs.depth=3", "progress=false", f"teacher_cache={tmp_path / 'teachers'}", f"data_dir={DATA_DIR}"])
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| soft tree, depth 3, labels only |" in report and "| soft tree, depth 3, distilled at T=1 |" in report
     for png in ("tree.png", "explain_test0.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000
+    assert (tmp_path / "out" / "s0" / "distilled" / "summary.json").is_file()

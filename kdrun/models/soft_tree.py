@@ -169,7 +169,7 @@ class SoftTree(nn.Module):
     def max_path(self, x: torch.Tensor) -> tuple[List[int], List[float], int]:
         """For one image: the inner nodes on the path to its leaf of greatest path probability, each
         node's probability of going right, and that leaf's index."""
-        log_inner, log_leaf, _, activations = self.paths(x[None])
+        _, log_leaf, _, activations = self.paths(x[None])
         leaf = int(log_leaf[0].argmax())
         nodes, node = [], 0
         for d in reversed(range(self.depth)):  # the leaf's bits, most significant first: 0 left, 1 right
