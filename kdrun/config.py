@@ -181,6 +181,9 @@ def _check_recipe(prefix: str, m: DictConfig) -> None:
         _fail(f"{prefix}.optimizer", m.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
     if m.schedule not in SCHEDULES:
         _fail(f"{prefix}.schedule", m.schedule, f"choose one of {', '.join(SCHEDULES)}")
+    from kdrun.models import check_kwargs
+
+    check_kwargs(prefix, m.name, m.kwargs)
 
 
 def check(cfg: DictConfig) -> None:

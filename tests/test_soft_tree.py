@@ -109,10 +109,14 @@ def test_maximum_path_prediction_is_the_leaf_of_greatest_path_probability():
     torch.testing.assert_close(tree(x), torch.logsumexp(log_leaf[:, :, None] + log_q[None], 1))
 
 
-def test_soft_tree_settings_are_checked():
-    with pytest.raises(KdrunError, match=r"kwargs.depth=0 of soft_tree: .*student>.kwargs.depth"):
-        build_model("soft_tree", 10, 1, 28, depth=0)
-    with pytest.raises(KdrunError, match=r"kwargs.prediction=vote of soft_tree: choose one of max_path, mixture"):
+def test_soft_tree_settings_are_checked_before_any_training(tmp_path):
+    # With the config's value checks, naming the node: a teacher would otherwise train first.
+    with pytest.raises(KdrunError, match=r"^student.kwargs.depth=0: must be between 1 and 16"):
+        run(make_cfg("student=soft_tree", "student.kwargs.depth=0", tmp=tmp_path), tmp_path / "r")
+    with pytest.raises(KdrunError, match=r"^teacher.kwargs: .*unexpected keyword argument 'width'"):
+        run(make_cfg("teacher=soft_tree", "+teacher.kwargs.width=3", tmp=tmp_path), tmp_path / "r")
+    assert not (tmp_path / "teachers").exists()
+    with pytest.raises(KdrunError, match=r"soft_tree kwargs.prediction=vote: choose one of max_path, mixture"):
         build_model("soft_tree", 10, 1, 28, prediction="vote")
 
 

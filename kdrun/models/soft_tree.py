@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdrun import KdrunError
-from kdrun.models import register_model
+from kdrun.models import register_kwargs_check, register_model
 
 PREDICTIONS = ("max_path", "mixture")
 
@@ -185,17 +185,27 @@ class SoftTree(nn.Module):
         return F.softmax(self.leaves.detach().float(), dim=1)
 
 
-@register_model
-def soft_tree(num_classes: int, in_channels: int, image_size: int, depth: int = 8, beta: float = 1.0,
-              penalty: float = 1.0, ema_window: float = 1.0, prediction: str = "max_path"):
-    """Frosst & Hinton (2017): a soft decision tree over the flattened image."""
+@register_kwargs_check("soft_tree")
+def check_settings(depth: int = 8, beta: float = 1.0, penalty: float = 1.0, ema_window: float = 1.0,
+                   prediction: str = "max_path") -> None:
+    """Raises ValueError("key=value: why") for the first bad setting."""
     checks = [("depth", depth, 1 <= depth <= 16, "must be between 1 and 16 (the paper's MNIST tree has 8)"),
               ("beta", beta, beta > 0, "the inverse temperature must be > 0"),
-              ("penalty", penalty, penalty >= 0, "the penalty's strength must be >= 0"),
+              ("penalty", penalty, penalty >= 0, "the penalty's strength must be >= 0 (0: no penalty)"),
               ("ema_window", ema_window, ema_window >= 1, "the root's averaging window must be >= 1 batch"),
               ("prediction", prediction, prediction in PREDICTIONS, f"choose one of {', '.join(PREDICTIONS)}")]
     for key, value, ok, why in checks:
         if not ok:
-            raise KdrunError(f"kwargs.{key}={value} of soft_tree: {why} (set <teacher|student>.kwargs.{key})")
+            raise ValueError(f"{key}={value}: {why}")
+
+
+@register_model
+def soft_tree(num_classes: int, in_channels: int, image_size: int, depth: int = 8, beta: float = 1.0,
+              penalty: float = 1.0, ema_window: float = 1.0, prediction: str = "max_path"):
+    """Frosst & Hinton (2017): a soft decision tree over the flattened image."""
+    try:
+        check_settings(depth, beta, penalty, ema_window, prediction)
+    except ValueError as e:  # built outside a run (a run's config checks come first and name the node)
+        raise KdrunError(f"soft_tree kwargs.{e}") from None
     shape = (in_channels, image_size, image_size)
     return SoftTree(math.prod(shape), num_classes, shape, int(depth), beta, penalty, ema_window, prediction)
