@@ -138,13 +138,12 @@ def fsp_loss(
     teacher_pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
     per_element: bool = False,
 ) -> torch.Tensor:
-    """FSP loss: mean over pairs i of mean over batch of ||G_i^T - G_i^S||_2^2 (sum over C1*C2);
-    with per_element=True each pair's term is divided by C1*C2 (a mean over matrix elements).
+    """FSP loss: sum over pairs i of the mean over the batch of ||G_i^T - G_i^S||_2^2 (summed over
+    C1*C2); with per_element=True each pair's term is divided by C1*C2 (a mean over matrix elements).
 
     Yim et al., CVPR 2017, Eq. 2: L = 1/N sum_x sum_i lambda_i ||G_i^T(x) - G_i^S(x)||_2^2 with all
-    lambda_i equal; we take lambda_i = 1/n (a mean over the n pairs) so adding a pair does not change
-    the scale, and the overall weight is the method's. Note RepDistiller instead averages over matrix
-    elements too ((s - t).pow(2).mean()), which is ours divided by C1*C2.
+    lambda_i equal (1 here; the overall weight is the method's). per_element=True is RepDistiller's
+    reduction, (s - t).pow(2).mean() per pair, summed over the pairs in its initialisation stage.
     """
     if len(student_pairs) != len(teacher_pairs) or not student_pairs:
         raise ValueError(
@@ -161,7 +160,7 @@ def fsp_loss(
         )
         term = (g_s - g_t).pow(2).sum(dim=(1, 2)).mean()
         terms.append(term / (g_s.shape[1] * g_s.shape[2]) if per_element else term)
-    return torch.stack(terms).mean()
+    return torch.stack(terms).sum()
 
 
 def factor_transfer(
@@ -211,8 +210,8 @@ def activation_boundary(
         (r - m)^2 * 1[t > 0 and r <= m]   teacher neuron on: push r above +m
       + (r + m)^2 * 1[t <= 0 and r > -m]  teacher neuron off: push r below -m
     summed over all elements and divided by the batch size, as in the authors' code
-    (criterion_alternative_L2(...).sum() / batch_size). Their further 1/1000 (and the per-layer
-    2^-k) is the method weight. Only the teacher's sign matters. Any shape (conv or flat) works.
+    (criterion_alternative_L2(...).sum() / batch_size). Their per-layer weights 2^(i - n + 1) and
+    further 3/1000 are the method's. Only the teacher's sign matters. Any shape (conv or flat) works.
     """
     _require_same_shape(
         "activation_boundary", student_pre, teacher_pre,
@@ -225,13 +224,14 @@ def activation_boundary(
 
 
 def byot_hint(head_feat: torch.Tensor, deepest_feat: torch.Tensor) -> torch.Tensor:
-    """||F_i - F_C||_2, the Euclidean distance per sample, averaged over the batch.
+    """||F_i - F_C||_2 over the whole batch: the Euclidean distance between the (N, D) matrices.
 
     Zhang et al., "Be Your Own Teacher", ICCV 2019, Sec. 3.2: the hint that pulls a shallow head's
     bottleneck feature F_i towards the deepest feature F_C (detach F_C to make it a target). The
-    paper writes the squared norm, but its weight lambda = 0.03 goes with the authors' code, which
-    takes the distance itself (torch.dist): squared, the hint swamps a head's cross-entropy. We take
-    it per sample, so the weight does not depend on the batch size.
+    paper writes the squared norm, but its weight lambda = 0.03 goes with the authors' code
+    (ArchipLab-LinfengZhang/pytorch-self-distillation-final), which takes torch.dist of the two
+    batches: one distance over all N x D elements, neither squared nor averaged over the samples.
+    So the term grows as sqrt(N) with the batch size, as theirs does (batch 128 there).
     """
     _require_same_shape("byot_hint", head_feat, deepest_feat, "the head's bottleneck must map to the deepest feature.")
-    return (head_feat - deepest_feat).flatten(1).norm(dim=1).mean()
+    return (head_feat - deepest_feat).flatten().norm()

@@ -118,6 +118,8 @@ def describe(module: nn.Module) -> str:
             parts.append(f"linear {m.in_features}->{m.out_features}")
         elif isinstance(m, nn.BatchNorm2d):
             parts.append("BN")
+        elif isinstance(m, nn.ReLU):
+            parts.append("ReLU")
     return " + ".join(parts) or type(module).__name__
 
 
