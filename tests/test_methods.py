@@ -20,7 +20,16 @@ from tests.conftest import CONFIGS, make_cfg, needs_mnist
 
 CPU = torch.device("cpu")
 METHODS = sorted(p.stem for p in (CONFIGS / "kd").glob("*.yaml") if p.stem != "none")
-SPATIAL_ONLY = {"at", "nst", "fsp", "ft"}  # these compare feature maps; an MLP has none
+SPATIAL_ONLY = {"at", "nst", "fsp", "ft", "vid", "kdsvd"}  # these compare feature maps; an MLP has none
+EQUAL_WIDTHS = {"fsp", "kdsvd"}  # compare C x C' matrices between the models: resnet34 -> resnet18 has equal widths
+NEEDS_BATCH_NORM = {"ofd"}  # margins from the teacher's batch norms: not for MNIST's MLPs and LeNet
+# The second wave's end-to-end runs are slow-marked (test budget), but for the two whose run does more than a
+# training step shows (CRD's banks and sample indices, OFD's margins from the teacher's batch norms).
+SECOND_WAVE = {"crd", "vid", "ofd", "reviewkd", "kdsvd", "dist"}
+
+
+def _slow_unless(keep):
+    return [pytest.param(m, marks=pytest.mark.slow) if m in SECOND_WAVE - set(keep) else m for m in METHODS]
 CIFAR_FAKE = ["dataset=fake", "dataset.channels=3", "dataset.image_size=32", "dataset.mean=[0.5,0.5,0.5]",
               "dataset.std=[0.25,0.25,0.25]"]
 FAMILIES = {
@@ -60,7 +69,7 @@ def _distiller(cfg, data):
 @pytest.mark.parametrize("method", METHODS)
 def test_one_training_step_with_every_model_family(method, family):
     overrides = FAMILIES[family]
-    if method == "fsp" and family == "torchvision":  # FSP compares C1 x C2 matrices: equal widths needed
+    if method in EQUAL_WIDTHS and family == "torchvision":
         overrides = ["teacher=resnet34", "student=resnet18", *CIFAR_FAKE]
     cfg = make_cfg(f"kd={method}", *overrides)
     data = build_data(cfg.dataset, "/unused", CPU)
@@ -187,7 +196,8 @@ def test_dry_run_prints_layers_and_trains_nothing(tmp_path):
     assert not (tmp_path / "r" / "summary.json").exists() and not (tmp_path / "r" / "checkpoints").exists()
 
 
-E2E_TINY = ["kd.fitnet.hint_epochs=1", "kd.fsp.stage1_epochs=1", "kd.ab.stage1_epochs=1", "kd.ft.paraphraser_epochs=1"]
+E2E_TINY = ["kd.fitnet.hint_epochs=1", "kd.fsp.stage1_epochs=1", "kd.ab.stage1_epochs=1", "kd.ft.paraphraser_epochs=1",
+            "kd.crd.nce_k=256"]
 
 
 def _e2e(method, family_overrides, tmp_path, cache):
@@ -210,17 +220,21 @@ def shared_cache(tmp_path_factory):
 
 
 @needs_mnist
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", _slow_unless(()))
 def test_end_to_end_on_mnist_with_lenet5_and_mlp_students(method, tmp_path, shared_cache):
     mnist = ["dataset=mnist", "dataset.train_subset=300"]
+    if method in NEEDS_BATCH_NORM:
+        with pytest.raises(KdrunError, match=rf"^kd.{method}: the teacher's layer .* follows no batch norm"):
+            _e2e(method, ["teacher=lenet5", "student=lenet5", *mnist], tmp_path / "lenet", shared_cache)
+        return
     _e2e(method, ["teacher=lenet5", "student=lenet5", *mnist], tmp_path / "lenet", shared_cache)
     if method not in SPATIAL_ONLY:
         _e2e(method, ["teacher=mlp1200", "student=mlp800", *mnist], tmp_path / "mlp", shared_cache)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", _slow_unless(("crd", "ofd")))
 def test_end_to_end_on_cifar_shaped_data_with_torchvision_students(method, tmp_path, shared_cache):
-    models = ["teacher=resnet34", "student=resnet18"] if method == "fsp" else ["teacher=resnet18", "student=mobilenetv2"]
+    models = ["teacher=resnet34", "student=resnet18"] if method in EQUAL_WIDTHS else ["teacher=resnet18", "student=mobilenetv2"]
     # A gentle teacher recipe: two steps at lr 0.1 leave a ResNet's batch-norm statistics (and so its
     # eval-mode features, which FSP squares) far off.
     _e2e(method, [*models, *CIFAR_FAKE, "dataset.num_train=128", "dataset.num_test=64", "teacher.lr=0.01"],
