@@ -141,3 +141,15 @@ def test_dry_run_of_the_second_wave_shows_layers_and_adapters_and_trains_nothing
                                                                      for i in range(1, 5)}
     out = " ".join(capsys.readouterr().out.split())
     assert "linear 512->128" in out and "conv1x1 64->64 + BN" in out and "conv3x3 512->512 + BN" in out
+
+
+def test_the_second_wave_under_bf16_autocast_gives_finite_full_precision_losses():
+    # (SVD has no bf16 kernels; CRD's and DIST's exponentials and correlations are computed in float32.)
+    kd = ["kd=[kdsvd,crd,vid,ofd,reviewkd,dist]", "kd.crd.nce_k=8", "kd.ofd.student_layers=[features.0,features.3]",
+          "kd.ofd.teacher_layers=[features.0,features.3]"]
+    cfg, data, methods, _, student, teacher = _parts(*kd, "dataset=fake", "teacher=lenet5", "student=lenet5")
+    x, y = next(iter(data.loader("train", 8)))
+    methods["crd"].prepare(teacher, data, CPU, seed=0)
+    out = Distiller(student, teacher, methods, 1.0, amp_dtype=torch.bfloat16)(x, y, index=torch.arange(8))
+    losses = {k: v for k, v in out.items() if k.startswith("loss_")}
+    assert len(losses) == 7 and all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())

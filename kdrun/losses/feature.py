@@ -296,7 +296,7 @@ def top_singular_vectors(feat: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
     """(s, v) of the feature map read as a matrix of H*W positions x C channels: its k largest singular
     values, L2-normalised together (N, k), and their right singular vectors, unit length over the
     channels (N, C, k)."""
-    s, v = _SVD.apply(feat.flatten(2).transpose(1, 2))
+    s, v = _SVD.apply(feat.float().flatten(2).transpose(1, 2))  # (SVD has no half-precision kernels)
     s, v = _finite(s[:, :k]), _finite(v[:, :, :k])
     return F.normalize(s, dim=1), F.normalize(v, dim=1)
 

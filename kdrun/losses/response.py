@@ -122,7 +122,8 @@ def dist_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: fl
     same over the C classes, between the columns (how the batch's samples score on one class).
     Only relations are matched, not values: a teacher much stronger than the student is not asked
     to be copied exactly."""
-    y_s, y_t = F.softmax(student_logits / T, dim=1), F.softmax(teacher_logits / T, dim=1)
+    # In full precision: the correlations of probabilities near 0 need more than bf16's 8 bits.
+    y_s, y_t = F.softmax(student_logits.float() / T, dim=1), F.softmax(teacher_logits.float() / T, dim=1)
     inter = 1 - _pearson_rows(y_s, y_t).mean()
     intra = 1 - _pearson_rows(y_s.T, y_t.T).mean()
     return inter * T * T, intra * T * T
