@@ -12,7 +12,7 @@ from kdrun.losses.contrastive import contrast_scores, crd_loss, momentum_update,
 from kdrun.losses.feature import (align_singular_vectors, hcl_loss, kdsvd_loss, ofd_loss, ofd_margin, svd_rbf_loss,
                                   top_singular_vectors, vid_nll)
 from kdrun.losses.response import dist_loss, dist_terms
-from kdrun.methods.crd import other_class_samples
+from kdrun.methods.crd import OtherClassSampler
 
 
 def _log(rows):
@@ -180,6 +180,6 @@ def test_negatives_come_from_every_other_class_and_never_the_own():
     torch.manual_seed(0)
     labels = torch.tensor([2, 0, 1, 0, 2, 1, 1, 0])
     y = torch.tensor([0, 1, 2])
-    negatives = other_class_samples(labels, y, 400)
+    negatives = OtherClassSampler(labels)(y, 400)
     for row, own in zip(negatives, y.tolist()):
         assert set(row.tolist()) == {i for i, c in enumerate(labels.tolist()) if c != own}

@@ -9,14 +9,14 @@ import json
 import pytest
 import torch
 
-from kdrun import Interrupted
+from kdrun import Interrupted, KdrunError
 from kdrun.data import build_data
 from kdrun.features import FeatureTap
 from kdrun.losses.contrastive import crd_loss
 from kdrun.losses.feature import ofd_margin
 from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
-from kdrun.methods.crd import other_class_samples
+from kdrun.methods.crd import OtherClassSampler
 from kdrun.models import build_from_config
 from kdrun.run import run
 from tests.conftest import make_cfg
@@ -57,7 +57,7 @@ def test_crd_step_contrasts_against_banks_of_the_whole_training_set():
         student(x), teacher(x)
     f_s, f_t = crd.embed_s(s_tap.outputs["classifier.4"]), crd.embed_t(t_tap.outputs["classifier.4"])
     torch.manual_seed(1)
-    idx = torch.cat([index[:, None], other_class_samples(data.labels("train"), y, 16)], dim=1)
+    idx = torch.cat([index[:, None], OtherClassSampler(data.labels("train"))(y, 16)], dim=1)
     z = [(torch.exp(torch.bmm(bank[idx], f.unsqueeze(2)) / 0.07)).mean().item() * n
          for bank, f in ((banks[1], f_s), (banks[0], f_t))]
     reference = 0.8 * crd_loss(f_s, f_t, banks[0], banks[1], idx, 0.07, z[0], z[1], n)
@@ -153,3 +153,17 @@ def test_the_second_wave_under_bf16_autocast_gives_finite_full_precision_losses(
     out = Distiller(student, teacher, methods, 1.0, amp_dtype=torch.bfloat16)(x, y, index=torch.arange(8))
     losses = {k: v for k, v in out.items() if k.startswith("loss_")}
     assert len(losses) == 7 and all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+@pytest.mark.parametrize("override,message", [
+    ("kd.crd.nce_t=0", r"^kd.crd: needs nce_k >= 1, nce_t > 0 and 0 <= nce_m < 1 \(got nce_k=16384, nce_t=0"),
+    ("kd.vid.init_var=0", r"^kd.vid: needs 0 < eps < init_var"),
+    ("kd.kdsvd.k=0", r"^kd.kdsvd.k=0: keep at least one singular vector"),
+    ("kd.reviewkd.max_mid_channels=0", r"^kd.reviewkd.max_mid_channels=0: must be at least 1"),
+    ("kd.dist.T=0", r"^kd.dist.T=0: the temperature must be > 0"),
+    ("kd.fitnet.relu=maybe", r"^kd.fitnet.relu=maybe: choose true, false or null"),
+])
+def test_a_bad_setting_of_a_method_is_one_clear_line(override, message):
+    cfg = make_cfg(f"kd={override.split('.')[1]}", override)
+    with pytest.raises(KdrunError, match=message):
+        build_methods(cfg.kd, cfg.student, cfg.teacher)

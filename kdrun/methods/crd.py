@@ -38,18 +38,23 @@ class Embed(nn.Module):
         return F.normalize(self.linear(embedding(x)), dim=1)
 
 
-def other_class_samples(labels: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, k) indices drawn uniformly, with replacement, from the samples whose label differs from
-    each y[b] (labels: the training split's, in its order)."""
-    order = torch.argsort(labels, stable=True)  # the split's positions, grouped by class
-    counts = torch.bincount(labels)
-    starts = counts.cumsum(0) - counts
-    own, first = counts[y].unsqueeze(1), starts[y].unsqueeze(1)
-    others = len(labels) - own
-    if (others == 0).any():
-        raise ValueError("CRD needs training images of at least two classes to draw negatives from")
-    u = (torch.rand(len(y), k, device=labels.device) * others).long().clamp_max(others - 1)
-    return order[u + own * (u >= first)]  # skip the block of y's own class
+class OtherClassSampler:
+    """Draws, for each sample of label y, k indices uniformly and with replacement from the samples
+    of the other classes (labels: the training split's, in its order)."""
+
+    def __init__(self, labels: torch.Tensor):
+        self.order = torch.argsort(labels, stable=True)  # the split's positions, grouped by class
+        self.counts = torch.bincount(labels)
+        self.starts = self.counts.cumsum(0) - self.counts
+        self.n = len(labels)
+
+    def __call__(self, y: torch.Tensor, k: int) -> torch.Tensor:
+        own, first = self.counts[y].unsqueeze(1), self.starts[y].unsqueeze(1)
+        others = self.n - own
+        if (others == 0).any():
+            raise ValueError("CRD needs training images of at least two classes to draw negatives from")
+        u = (torch.rand(len(y), k, device=y.device) * others).long().clamp_max(others - 1)
+        return self.order[u + own * (u >= first)]  # skip the block of y's own class
 
 
 class CRD(KDMethod):
@@ -69,6 +74,7 @@ class CRD(KDMethod):
         self.register_buffer("memory_t", torch.empty(0, self.feat_dim))
         self.register_buffer("z", torch.full((2,), -1.0))  # Z of the student's and teacher's side; < 0: not set
         self.register_buffer("labels", torch.empty(0, dtype=torch.long), persistent=False)
+        self.negatives: Optional[OtherClassSampler] = None
 
     def setup(self, student_feats, teacher_feats) -> None:
         self.embed_s = Embed(embedding(student_feats[0]).shape[1], self.feat_dim)
@@ -84,6 +90,7 @@ class CRD(KDMethod):
         self.memory_t = ((torch.rand(n, self.feat_dim) * 2 - 1) * stdv).to(device)
         self.z = torch.full((2,), -1.0, device=device)
         self.labels = data.labels("train").to(device)
+        self.negatives = OtherClassSampler(self.labels)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         # In full precision, also under mixed precision: exp(<., .> / 0.07) spans six orders of magnitude.
@@ -100,7 +107,7 @@ class CRD(KDMethod):
         if index is None:
             raise ValueError("kd.crd needs each training sample's index (the loaders' `index` extra)")
         index = index.to(self.memory_s.device)
-        idx = torch.cat([index[:, None], other_class_samples(self.labels, self.labels[index], self.nce_k)], dim=1)
+        idx = torch.cat([index[:, None], self.negatives(self.labels[index], self.nce_k)], dim=1)
         if self.z[0] < 0:  # Z from the first batch, as in RepDistiller: the mean score times the data size
             with torch.no_grad():
                 self.z[0] = contrast_scores(f_s, self.memory_t, idx, self.nce_t).mean() * n

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from kdrun import KdrunError
 from kdrun.losses.feature import fitnet_hint
 from kdrun.methods.base import Batch, KDMethod, adapter, match_spatial
 
@@ -25,6 +26,9 @@ class FitNet(KDMethod):
     def __init__(self, weight: float = 100.0, hint_epochs: int = 0, joint: bool = True, relu: Optional[bool] = None,
                  student_layers: Optional[Sequence[str]] = None, teacher_layers: Optional[Sequence[str]] = None):
         super().__init__(weight, student_layers, teacher_layers, stage1_epochs=hint_epochs, joint=joint)
+        if relu not in (None, True, False):
+            raise KdrunError(f"kd.fitnet.relu={relu}: choose true, false or null (a ReLU when the teacher's hint is "
+                             "non-negative)")
         self.relu = relu
 
     def setup(self, student_feats, teacher_feats) -> None:

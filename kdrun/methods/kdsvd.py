@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from kdrun import KdrunError
 from kdrun.losses.feature import kdsvd_loss
 from kdrun.methods.base import Batch, KDMethod
 
@@ -19,6 +20,8 @@ class KDSVD(KDMethod):
     def __init__(self, weight: float = 1.0, k: int = 1, student_layers: Optional[Sequence[str]] = None,
                  teacher_layers: Optional[Sequence[str]] = None):
         super().__init__(weight, student_layers, teacher_layers)
+        if k < 1:
+            raise KdrunError(f"kd.kdsvd.k={k}: keep at least one singular vector per layer (the paper's is 1)")
         self.k = int(k)
 
     def setup(self, student_feats, teacher_feats) -> None:

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdrun import KdrunError
 from kdrun.losses.feature import hcl_loss
 from kdrun.methods.base import Batch, KDMethod, default_layers
 
@@ -57,6 +58,8 @@ class ReviewKD(KDMethod):
     def __init__(self, weight: float = 1.0, max_mid_channels: int = 512,
                  student_layers: Optional[Sequence[str]] = None, teacher_layers: Optional[Sequence[str]] = None):
         super().__init__(weight, student_layers, teacher_layers)
+        if max_mid_channels < 1:
+            raise KdrunError(f"kd.reviewkd.max_mid_channels={max_mid_channels}: must be at least 1 (the authors' is 512)")
         self.max_mid_channels = int(max_mid_channels)
 
     def resolve_layers(self, student_cfg, teacher_cfg) -> None:

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from kdrun import KdrunError
 from kdrun.losses.feature import vid_nll
 from kdrun.methods.base import Batch, KDMethod, match_spatial
 
@@ -30,6 +31,9 @@ class VID(KDMethod):
     def __init__(self, weight: float = 1.0, init_var: float = 5.0, eps: float = 1e-5,
                  student_layers: Optional[Sequence[str]] = None, teacher_layers: Optional[Sequence[str]] = None):
         super().__init__(weight, student_layers, teacher_layers)
+        if not 0 < eps < init_var:
+            raise KdrunError(f"kd.vid: needs 0 < eps < init_var (got eps={eps}, init_var={init_var}): the variances "
+                             "start at init_var and never fall below eps (RepDistiller's are 5 and 1e-5)")
         self.init_var, self.eps = float(init_var), float(eps)
 
     def setup(self, student_feats, teacher_feats) -> None:
