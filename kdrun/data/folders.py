@@ -7,8 +7,11 @@ they persist across epochs change nothing, and a resumed run draws the same crop
 uninterrupted one."""
 from __future__ import annotations
 
+import contextlib
+import random
 from typing import Dict, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -26,14 +29,31 @@ class SeededItems(Dataset):
 
     def __getitem__(self, key: Tuple[int, int]):
         seed, i = key
-        with torch.random.fork_rng(devices=[]):  # the reading process's own random state is left as it was
-            torch.manual_seed((seed * 1_000_003 + i) % 2**63)
+        with _seeded((seed * 1_000_003 + i) % 2**63):
             return self.dataset[self.indices[i]]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """torch's, Python's and NumPy's generators seeded (torchvision's transforms use the first, other
+    augmentation libraries the others), then restored: the reading process's own state is untouched."""
+    states = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        try:
+            yield
+        finally:
+            random.setstate(states[0])
+            np.random.set_state(states[1])
 
 
 class SeededOrder(Sampler):
     """Positions 0..n-1 (shuffled or not), each paired with one seed per pass, both drawn from the global
-    generator that the engine seeds per epoch."""
+    generator that the engine seeds per epoch. They are its only draws in a pass: the DataLoader gets a
+    generator of its own for its workers' base seed (which SeededItems makes moot), so persistent
+    workers, which draw none on later passes, leave the same global state as fresh ones."""
 
     def __init__(self, n: int, shuffle: bool):
         self.n, self.shuffle = n, shuffle
@@ -66,7 +86,7 @@ def loader_bundle(cfg, device: torch.device, datasets: Dict[str, Tuple[Optional[
         workers = cfg.num_workers
         return DataLoader(SeededItems(dataset, chosen), batch_size=batch_size, sampler=SeededOrder(len(chosen), shuffle),
                           num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                          prefetch_factor=cfg.prefetch_factor if workers > 0 else None)
+                          prefetch_factor=cfg.prefetch_factor if workers > 0 else None, generator=torch.Generator())
 
     return DataBundle(name=cfg.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                       sizes={k: len(v) for k, v in indices.items()}, make_loader=make_loader, in_memory=False)
