@@ -52,8 +52,8 @@ def teacher_digest(cfg) -> str:
     dataset = _identity({k: v for k, v in plain(cfg.dataset).items() if k not in _NOT_IDENTITY}, _ADDED_DATASET)
     identity = {"format": CACHE_FORMAT, "teacher": teacher, "dataset": dataset, "seed": teacher_seed(cfg)}
     weights = weights_identity(cfg.teacher)
-    if weights:  # `true` means the library's current default weights, which a new release may change
-        identity["weights"] = weights
+    if weights:  # the weights themselves: `true` is the library's current default, which a release may change
+        teacher["pretrained"] = weights
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
