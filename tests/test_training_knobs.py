@@ -75,6 +75,20 @@ def test_the_grad_scaler_scales_unscales_before_clipping_and_skips_inf_steps():
     assert scaler.get_scale() == 2.0**15  # and a smaller scale for the next one
 
 
+def test_fp16_gradients_underflow_without_the_scaler_and_survive_with_it():
+    """CPU autocast has fp16 matmuls too: a gradient of 1e-8 reaching one is below fp16's smallest
+    subnormal (6e-8), so it becomes 0 unless the loss is scaled first."""
+    moved = {}
+    for scaled in (False, True):
+        w = nn.Parameter(torch.zeros(8, 1))
+        step = OptimizerStep(torch.optim.SGD([w], lr=1.0), grad_scaler(torch.float16 if scaled else None, CPU))
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = torch.ones(1, 8) @ w
+        step(out.float().sum() * 1e-8)
+        moved[scaled] = w.detach().abs().max().item()
+    assert moved[False] == 0.0 and moved[True] == pytest.approx(1e-8, rel=1e-3)
+
+
 ARGS = ["dataset=fake", "dataset.num_train=200", "kd=none", "student=mlp800", "epochs=3", "student.warmup_epochs=2",
         "student.grad_clip=1.0", "student.label_smoothing=0.1"]
 
