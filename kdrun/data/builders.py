@@ -22,8 +22,8 @@ DOWNLOAD_TIMEOUT_S = 60
 
 
 def _where(root: Path, expected: str) -> str:
-    return (f"put the files there (torchvision expects {expected}), or point data_dir=/path/to/datasets (or the "
-            "KDRUN_DATA_DIR environment variable) at a folder that has them")
+    return (f"put the files there (torchvision expects {expected}), or set data_dir=/path/to/datasets (or the "
+            "KDRUN_DATA_DIR environment variable) to a folder that has them")
 
 
 def _missing(cfg_name: str, what: str, root: Path, expected: str) -> KdrunError:
