@@ -202,6 +202,9 @@ def _check_recipe(prefix: str, m: DictConfig) -> None:
         _fail(f"{prefix}.warmup_epochs", m.warmup_epochs, "must be >= 0 (0: no warmup)")
     if m.grad_clip is not None and m.grad_clip <= 0:
         _fail(f"{prefix}.grad_clip", m.grad_clip, "the largest gradient norm must be > 0 (or null: no clipping)")
+    if m.name == "custom" and not m.target:
+        _fail(f"{prefix}.target", m.target, f"{prefix}=custom builds a model of your own: name its factory, e.g. "
+              f"{prefix}.target=my_pkg.nets.tiny_cnn (called with num_classes, in_channels and {prefix}.kwargs)")
     if m.library not in LIBRARIES:
         _fail(f"{prefix}.library", m.library, "choose null (kdrun's models, then torchvision's) or timm")
     if not isinstance(m.pretrained, (bool, str)) or m.pretrained == "":

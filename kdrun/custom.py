@@ -42,6 +42,20 @@ def _arguments(kwargs) -> Dict[str, Any]:
     return dict(instantiate(kwargs or {}, _convert_="all"))
 
 
+def _call(factory: Callable, setting: str, target: str, **args):
+    """factory(**args), after checking that its signature takes them: a factory that does not fit
+    kdrun's calling convention is a setting to fix, while an error inside it keeps its traceback."""
+    try:
+        inspect.signature(factory).bind(**args)
+    except TypeError as e:
+        shown = ", ".join(f"{k}=..." for k in args)
+        raise KdrunError(f"{setting}={target}: kdrun calls it as {target.rpartition('.')[2]}({shown}), which its "
+                         f"signature does not take ({e})") from None
+    except ValueError:  # a builtin without a signature: just call it
+        pass
+    return factory(**args)
+
+
 def build_custom_model(target: str, num_classes: int, in_channels: int, image_size: int, kwargs) -> nn.Module:
     factory = locate(target, "model target")
     args = _arguments(kwargs)
@@ -51,7 +65,7 @@ def build_custom_model(target: str, num_classes: int, in_channels: int, image_si
         accepts_size = False
     if accepts_size:
         args.setdefault("image_size", image_size)
-    model = factory(num_classes=num_classes, in_channels=in_channels, **args)
+    model = _call(factory, "model target", target, num_classes=num_classes, in_channels=in_channels, **args)
     if not isinstance(model, nn.Module):
         raise KdrunError(f"model target={target}: returned a {type(model).__name__}, not a torch nn.Module")
     return model
@@ -61,7 +75,7 @@ def make_datasets(target, root: Path, kwargs) -> Dict[str, Any]:
     if not target:
         raise KdrunError("dataset.target is not set: dataset=custom needs the factory of your datasets "
                          "(dataset.target=my_pkg.data.make, called as make(root=..., **dataset.kwargs))")
-    made = locate(target, "dataset.target")(root=str(root), **_arguments(kwargs))
+    made = _call(locate(target, "dataset.target"), "dataset.target", target, root=str(root), **_arguments(kwargs))
     if isinstance(made, (tuple, list)) and len(made) == 2:
         made = {"train": made[0], "test": made[1]}
     if not isinstance(made, dict) or not {"train", "test"} <= set(made):

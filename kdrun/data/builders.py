@@ -41,6 +41,12 @@ def _socket_timeout(seconds: float):
         socket.setdefaulttimeout(previous)
 
 
+def _last_line(e: Exception) -> str:
+    """The cause of a failed download: torchvision lists every mirror it tried, the last line is the error."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    return lines[-1][:160]
+
+
 def _torchvision_splits(cls, cfg, root: Path, expected: str):
     """The train and test splits of a torchvision dataset under `root`. When its files are missing and
     dataset.download is true, torchvision's own download() fetches them first (once: jobs that start
@@ -59,7 +65,7 @@ def _torchvision_splits(cls, cfg, root: Path, expected: str):
             cls(str(root), train=True, download=True)  # one download holds both splits
         return load()
     except (RuntimeError, OSError) as e:  # URLError and timeouts are OSErrors
-        reason = " ".join(str(e).split())[:240]
+        reason = _last_line(e)
         raise KdrunError(f"dataset={cfg.name}: {cls.__name__} not found under {root} and the download failed "
                          f"({reason}): {_where(root, expected)}; dataset.download=false skips the download") from None
 
@@ -269,8 +275,13 @@ def custom(cfg, root: Path, device) -> DataBundle:
     if not isinstance(x, torch.Tensor) or x.dim() != 3:
         raise KdrunError(f"dataset.target={cfg.target}: the items of its datasets must be (image tensor C x H x W, "
                          f"label), but its first training image is a {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
-    # A dataset that lists its classes (as torchvision's do) says how many; otherwise dataset.num_classes.
-    num_classes = len(train.classes) if hasattr(train, "classes") else cfg.num_classes
+    # A dataset that lists its classes (as torchvision's do) says how many; its labels (`targets`) do too.
+    if hasattr(train, "classes"):
+        num_classes = len(train.classes)
+    elif hasattr(train, "targets"):
+        num_classes = int(max(train.targets)) + 1
+    else:
+        num_classes = cfg.num_classes
     pool = _sample(torch.arange(len(train)), cfg.train_subset, cfg.split_seed + 2)
     test_idx = _sample(torch.arange(len(test)), cfg.test_subset, cfg.split_seed + 3)
     if "val" in made:

@@ -83,7 +83,7 @@ def ensure_weights_file(name: str, pretrained, weights) -> Path:
                     torch.hub.download_url_to_file(weights.url, str(path), match.group(1) if match else None,
                                                    progress=False)
                 except (OSError, RuntimeError) as e:  # no network, a timeout, a hash mismatch
-                    reason = " ".join(str(e).split())[:200]
+                    reason = " ".join(str(e).split())[:160]
                     raise KdrunError(
                         f"model {name} (pretrained={pretrained}): its weights file {path.name} is not in {path.parent} "
                         f"and could not be downloaded ({reason}): copy {weights.url} there, or set TORCH_HOME to a "
