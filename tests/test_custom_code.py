@@ -81,8 +81,11 @@ def test_own_model_dataset_and_method_from_outside_the_package(tmp_path, user_mo
 @pytest.mark.parametrize("override,message", [
     ("student.target=my_kd.nothing_here", r"^model target=my_kd.nothing_here: cannot import it \("),
     ("dataset.target=no_such_pkg.make", r"^dataset.target=no_such_pkg.make: cannot import it \(.*PYTHONPATH$"),
+    ("dataset.target=my_kd.tiny_cnn", r"^dataset.target=my_kd.tiny_cnn: kdrun calls it as tiny_cnn\(root=\.\.\.\), "
+                                      r"which its signature does not take"),
+    ("student.target=null", r"^student.target=None: student=custom builds a model of your own"),
 ])
-def test_a_target_that_cannot_be_imported(tmp_path, user_module, override, message):
+def test_custom_settings_that_cannot_work(tmp_path, user_module, override, message):
     cfg = make_cfg("dataset=custom", "dataset.target=my_kd.make", "student=custom", "student.target=my_kd.tiny_cnn",
                    "kd=none", override, tmp=tmp_path)
     with pytest.raises(KdrunError, match=message):

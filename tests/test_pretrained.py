@@ -42,7 +42,7 @@ def published(torch_home):
     return state
 
 
-def test_weights_are_loaded_and_adapted_to_channels_and_classes(published):
+def test_weights_are_loaded_and_adapted_to_channels_and_classes(published, torch_home):
     cfg = make_cfg("dataset=fake", "student=mobilenetv3_small", "student.pretrained=true")  # 1 channel, 10 classes
     model = build_from_config(cfg.student, build_data(cfg.dataset, "/unused", CPU))
     state = model.state_dict()
@@ -52,13 +52,7 @@ def test_weights_are_loaded_and_adapted_to_channels_and_classes(published):
         elif not key.startswith("classifier.3."):  # all but the head: the published weights
             assert torch.equal(state[key], value), key
     assert state["classifier.3.weight"].shape == (10, 1024)  # a new head for 10 classes
-    assert pretrained_of(model) == {"weights": str(WEIGHTS), "num_classes": 1000, "file": str(published_file(model))}
-
-
-def published_file(model):
-    import os
-
-    return os.path.join(os.environ["TORCH_HOME"], "hub", "checkpoints", FILE)
+    assert pretrained_of(model) == {"weights": str(WEIGHTS), "num_classes": 1000, "file": str(torch_home / FILE)}
 
 
 def test_a_teacher_for_the_datas_classes_is_used_as_it_is(published, tmp_path):
