@@ -243,10 +243,9 @@ def check(cfg: DictConfig) -> None:
     d = cfg.dataset
     if d.val_split < 0:
         _fail("dataset.val_split", d.val_split, "must be >= 0: a fraction below 1 or a count")
-    if d.train_subset is not None and d.train_subset < 1:
-        _fail("dataset.train_subset", d.train_subset, "must be at least 1 (or null for all)")
-    if d.test_subset is not None and d.test_subset < 1:
-        _fail("dataset.test_subset", d.test_subset, "must be at least 1 (or null for all)")
+    for key in ("train_subset", "test_subset"):
+        if d[key] is not None and d[key] < 1:
+            _fail(f"dataset.{key}", d[key], "must be at least 1 (or null for all)")
     if d.num_workers < 0:
         _fail("dataset.num_workers", d.num_workers, "must be >= 0 (0: load in the main process)")
     if d.prefetch_factor < 1:
