@@ -136,3 +136,16 @@ def test_timm_models_with_their_own_weights_and_adaptation(tmp_path):
     assert pretrained_of(model)["weights"] == "timm resnet10t.c3_in1k"
     with pytest.raises(KdrunError, match=r"^model no_such_net \(library=timm, pretrained=False\): Unknown model"):
         build_from_config(make_cfg("student=timm", "student.name=no_such_net").student, data)
+
+
+def test_the_imagenet_benchmark_preset_composes_with_its_published_recipe():
+    from kdrun.config import check
+
+    cfg = make_cfg("+experiment=imagenet_r34_r18")
+    check(cfg)
+    assert (cfg.teacher.name, cfg.teacher.pretrained, cfg.student.name, cfg.dataset.name) == \
+        ("resnet34", "IMAGENET1K_V1", "resnet18", "imagenet")
+    s = cfg.student
+    assert (s.epochs, s.batch_size, s.lr, s.weight_decay, s.schedule, list(s.milestones)) == \
+        (100, 64, 0.1, 1e-4, "multistep", [30, 60, 90])  # batch size 256, but for the tests' TINY override
+    assert (cfg.T, cfg.alpha, cfg.dataset.val_split, cfg.dataset.image_size) == (1.0, 0.5, 0, 224)
