@@ -17,7 +17,8 @@ from kdrun.data import DataBundle, register_dataset, split_indices
 from kdrun.data.folders import loader_bundle
 from kdrun.data.memory import TensorLoader
 
-# A stalled connection fails the download after this long, with the one line that says what to do.
+# A stalled connection fails a download (data, or pretrained weights) after this long, with the one
+# line that says what to do.
 DOWNLOAD_TIMEOUT_S = 60
 
 
@@ -32,7 +33,7 @@ def _missing(cfg_name: str, what: str, root: Path, expected: str) -> KdrunError:
 
 
 @contextlib.contextmanager
-def _socket_timeout(seconds: float):
+def socket_timeout(seconds: float = DOWNLOAD_TIMEOUT_S):
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
     try:
@@ -61,7 +62,7 @@ def _torchvision_splits(cls, cfg, root: Path, expected: str):
             raise _missing(cfg.name, cls.__name__, root, expected) from None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(root / f".{cls.__name__}.download.lock")), _socket_timeout(DOWNLOAD_TIMEOUT_S):
+        with FileLock(str(root / f".{cls.__name__}.download.lock")), socket_timeout():
             cls(str(root), train=True, download=True)  # one download holds both splits
         return load()
     except (RuntimeError, OSError) as e:  # URLError and timeouts are OSErrors

@@ -73,10 +73,12 @@ def weights_file(weights) -> Path:
 def ensure_weights_file(name: str, pretrained, weights) -> Path:
     """Downloads the weights file when it is not in the cache (checking the hash prefix in its name), and
     checks that it holds tensors only (kdrun never unpickles code, torchvision's own reader would)."""
+    from kdrun.data.builders import socket_timeout
+
     path = weights_file(weights)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
+        with FileLock(str(path) + ".lock"), socket_timeout():
             if not path.is_file():
                 match = re.search(r"-([a-f0-9]+)\.", path.name)
                 try:
