@@ -20,7 +20,7 @@ help: ## Show this help
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,sweep]'
+	$(PY) -m pip install --quiet -e '.[dev,sweep,timm]'
 	touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install kdrun, its dependencies and the sweep plugins (pyproject.toml)

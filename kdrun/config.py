@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep")
 SCHEMES = ("offline", "online", "self", "self_byot")
 COMBINES = ("auto", "mean_probs", "mean_logits")
+LIBRARIES = (None, "timm")
 
 
 @dataclass
@@ -35,6 +36,11 @@ class ModelConfig:
 
     name: str = MISSING  # a kdrun model (mlp1200, lenet5, ...) or any torchvision classifier
     kwargs: Dict[str, Any] = field(default_factory=dict)  # extra arguments of the model factory
+    # Published weights (torchvision's weights API, or timm's): true for the default ones, or a weights
+    # name (IMAGENET1K_V2; for timm a tag). Another class count than theirs gets a new, trained head.
+    pretrained: Any = False
+    target: Optional[str] = None  # a factory of your own (pkg.module.fn): fn(num_classes=, in_channels=, **kwargs)
+    library: Optional[str] = None  # where `name` is found: null (kdrun's zoo, then torchvision) or timm
     min_input_size: Optional[int] = None  # upsample smaller inputs (e.g. VGG's 5 poolings need 32)
     epochs: int = 10
     batch_size: int = 128
@@ -48,6 +54,9 @@ class ModelConfig:
     gamma: float = 0.1
     augment: bool = True  # use the dataset's training augmentation
     exclude_classes: List[int] = field(default_factory=list)  # train without these classes (a transfer set)
+    label_smoothing: float = 0.0  # of the cross-entropy on the labels, in [0, 1)
+    warmup_epochs: int = 0  # linear learning-rate warmup (per step) over the first N epochs, times the schedule
+    grad_clip: Optional[float] = None  # clip the gradients' total L2 norm to this; null: no clipping
     layers: LayersConfig = field(default_factory=LayersConfig)
 
 
@@ -75,7 +84,7 @@ class EnsembleConfig:
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # the builder: mnist, fashion_mnist, cifar10, cifar100, image_folder, fake
+    name: str = MISSING  # the builder: mnist, fashion_mnist, cifar10, cifar100, image_folder, imagenet, fake, custom
     root: Optional[str] = None  # null: data_dir; a relative path is taken inside data_dir
     train_subset: Optional[int] = None  # first N training images
     val_split: float = 0.1  # held out from training: a fraction (<1) or a count (>=1); 0 for none
@@ -90,7 +99,13 @@ class DatasetConfig:
     num_train: int = 512  # fake only
     num_test: int = 256  # fake only
     test_split: float = 0.2  # image_folder without a test/ folder: the share held out for test
-    num_workers: int = 2  # image_folder: DataLoader workers
+    num_workers: int = 2  # image_folder, imagenet, custom: DataLoader workers
+    prefetch_factor: int = 2  # image_folder, imagenet, custom: batches each worker loads ahead
+    resize_size: Optional[int] = None  # imagenet: test images are resized to this, then centre-cropped to image_size
+    download: bool = True  # mnist, fashion_mnist, cifar10, cifar100: torchvision fetches missing files into data_dir
+    test_subset: Optional[int] = None  # only N test images (quick checks); a fixed sample for image folders
+    target: Optional[str] = None  # custom: a factory (pkg.module.fn) returning the train and test Datasets
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # custom: the factory's arguments
 
 
 @dataclass
@@ -183,6 +198,22 @@ def _check_recipe(prefix: str, m: DictConfig) -> None:
         _fail(f"{prefix}.optimizer", m.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
     if m.schedule not in SCHEDULES:
         _fail(f"{prefix}.schedule", m.schedule, f"choose one of {', '.join(SCHEDULES)}")
+    if not 0 <= m.label_smoothing < 1:
+        _fail(f"{prefix}.label_smoothing", m.label_smoothing, "must be in [0, 1) (0.1 is the usual ImageNet value)")
+    if m.warmup_epochs < 0:
+        _fail(f"{prefix}.warmup_epochs", m.warmup_epochs, "must be >= 0 (0: no warmup)")
+    if m.grad_clip is not None and m.grad_clip <= 0:
+        _fail(f"{prefix}.grad_clip", m.grad_clip, "the largest gradient norm must be > 0 (or null: no clipping)")
+    if m.name == "custom" and not m.target:
+        _fail(f"{prefix}.target", m.target, f"{prefix}=custom builds a model of your own: name its factory, e.g. "
+              f"{prefix}.target=my_pkg.nets.tiny_cnn (called with num_classes, in_channels and {prefix}.kwargs)")
+    if m.library not in LIBRARIES:
+        _fail(f"{prefix}.library", m.library, "choose null (kdrun's models, then torchvision's) or timm")
+    if not isinstance(m.pretrained, (bool, str)) or m.pretrained == "":
+        _fail(f"{prefix}.pretrained", m.pretrained, "write true (the default weights), false, or a weights name "
+              "such as IMAGENET1K_V2")
+    if m.pretrained is not False and m.get("checkpoint"):
+        _fail(f"{prefix}.pretrained", m.pretrained, f"{prefix}.checkpoint gives every weight already: set one of them")
 
 
 def check(cfg: DictConfig) -> None:
@@ -215,8 +246,13 @@ def check(cfg: DictConfig) -> None:
     d = cfg.dataset
     if d.val_split < 0:
         _fail("dataset.val_split", d.val_split, "must be >= 0: a fraction below 1 or a count")
-    if d.train_subset is not None and d.train_subset < 1:
-        _fail("dataset.train_subset", d.train_subset, "must be at least 1 (or null for all)")
+    for key in ("train_subset", "test_subset"):
+        if d[key] is not None and d[key] < 1:
+            _fail(f"dataset.{key}", d[key], "must be at least 1 (or null for all)")
+    if d.num_workers < 0:
+        _fail("dataset.num_workers", d.num_workers, "must be >= 0 (0: load in the main process)")
+    if d.prefetch_factor < 1:
+        _fail("dataset.prefetch_factor", d.prefetch_factor, "must be at least 1")
     if d.shift < 0:
         _fail("dataset.shift", d.shift, "must be >= 0 pixels")
     if len(d.mean) != len(d.std):

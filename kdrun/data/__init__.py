@@ -56,20 +56,6 @@ class DataBundle:
         return self.sizes.get("val", 0) > 0
 
 
-class WithExtras(torch.utils.data.Dataset):
-    """A dataset whose items carry per-image extras: (image, label, {name: extra[i]})."""
-
-    def __init__(self, dataset, extras: Dict[str, torch.Tensor]):
-        self.dataset, self.extras = dataset, extras
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        x, y = self.dataset[i]
-        return x, y, {k: v[i] for k, v in self.extras.items()}
-
-
 def split_indices(n: int, val_split: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Holds out a seeded random `val_split` (fraction < 1, or a count) of n training images."""
     n_val = int(round(val_split * n)) if val_split < 1 else int(val_split)

@@ -179,6 +179,7 @@ class Distiller(MixedPrecision):
         example: Optional[torch.Tensor] = None,
         amp_dtype: Optional[torch.dtype] = None,
         channels_last: bool = False,
+        label_smoothing: float = 0.0,
     ):
         super().__init__(amp_dtype, channels_last)
         methods = methods or {}
@@ -186,7 +187,7 @@ class Distiller(MixedPrecision):
             raise ValueError("KD methods need a teacher")
         self.student = student
         self.methods = nn.ModuleDict(methods)
-        self.ce_weight = ce_weight
+        self.ce_weight, self.label_smoothing = ce_weight, float(label_smoothing)
         # Not registered as a submodule: the teacher is not trained, not saved with the student,
         # and .train() cannot switch it out of eval mode.
         self._teacher = [freeze(teacher)] if teacher is not None and methods else []
@@ -256,7 +257,8 @@ class Distiller(MixedPrecision):
         logits, teacher_logits = self._run(x, teacher_logits)
         # With weight 0 (a first stage on a KD term alone) there is no CE term at all: a zero-weighted
         # one would still give the classifier zero gradients, and weight decay would then move it.
-        losses = {"loss_ce": self.ce_weight * F.cross_entropy(logits, y)} if self.ce_weight else {}
+        losses = ({"loss_ce": self.ce_weight * F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)}
+                  if self.ce_weight else {})
         for name, method in self.methods.items():
             losses[f"loss_{name}"] = method.weight * method.loss(self._batch(method, y, logits, teacher_logits, index))
         return {"loss": sum(losses.values()), **losses, "logits": logits}

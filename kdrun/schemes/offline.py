@@ -13,7 +13,7 @@ from kdrun.losses.response import ensemble_logits
 from kdrun.engine import fit, reseed
 from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
-from kdrun.models import build_from_config, model_meta
+from kdrun.models import build_from_config, model_meta, pretrained_of
 from kdrun.schemes import RunContext, example_batch
 from kdrun.speed import accelerate, speed_settings
 from kdrun.teachers import Ensemble, cached_train_logits, get_teachers, test_report
@@ -46,7 +46,7 @@ def distill(ctx: RunContext, methods: dict, teacher, teacher_info, role: str = "
     if teacher is not None:
         accelerate(teacher, cfg, device)
     meta = model_meta(cfg.student, data)
-    speed = speed_settings(cfg, device, student)
+    speed = {**speed_settings(cfg, device, student), "label_smoothing": cfg.student.label_smoothing}
     # Built with every method, so that the dry pass sizes all adapters before any training.
     full = Distiller(student, teacher, methods, ce_weight(cfg), example=example_batch(data, device), **speed)
     if cfg.dry_run:
@@ -69,7 +69,8 @@ def distill(ctx: RunContext, methods: dict, teacher, teacher_info, role: str = "
     distiller = full if len(joint) == len(methods) else Distiller(student, teacher, joint, ce_weight(cfg), **speed)
     result = fit(distiller, data, cfg.student, student_epochs(cfg), role=role, **common)
     load_weights(student, result.best_path, "student checkpoint", **meta)
-    student_info = {"arch": cfg.student.name,
+    published = pretrained_of(student)
+    student_info = {"arch": cfg.student.name, **({"weights": published["weights"]} if published else {}),
                     **test_report(student, data, device, result.best_epoch, result.best_val_acc)}
     return {"teacher": teacher_info, "student": student_info,
             "teacher_logits": None if teacher is None else ("cached" if extras else "live")}
