@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep")
 SCHEMES = ("offline", "online", "self", "self_byot")
 COMBINES = ("mean_probs", "mean_logits")
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 @dataclass
@@ -102,6 +103,48 @@ class SchemeConfig:
     T: float = 3.0  # self_byot: temperature of that KL term
 
 
+@dataclass
+class TensorBoardLoggerConfig:
+    _target_: str = "kdrun.loggers.tensorboard.TensorBoardLogger"
+    dir: str = "tensorboard"  # the event files' folder, inside the run directory
+
+
+@dataclass
+class MLflowLoggerConfig:
+    _target_: str = "kdrun.loggers.mlflow.MLflowLogger"
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else SQLite in save_dir
+    save_dir: str = "outputs/mlruns"  # the default store (mlflow.db) and its artifacts
+    experiment_name: Optional[str] = None  # null: the sweep directory (a multirun), else "kdrun"
+    run_name: Optional[str] = None  # null: the run's overrides
+    log_model: bool = False  # also upload checkpoints/*_best.pt
+
+
+@dataclass
+class WandbLoggerConfig:
+    _target_: str = "kdrun.loggers.wandb.WandbLogger"
+    project: str = "kdrun"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # null: $WANDB_MODE, else online when logged in, else offline
+    group: Optional[str] = None  # null: the sweep directory (a multirun)
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class CSVLoggerConfig:
+    _target_: str = "kdrun.loggers.csv.CSVLogger"
+    dir: str = "csv"  # metrics.csv and hparams.yaml, inside the run directory
+
+
+@dataclass
+class LoggerConfig:
+    """The `logger` group: each selected tracker (logger=[tensorboard,mlflow]) fills its entry; null is off."""
+
+    tensorboard: Optional[TensorBoardLoggerConfig] = None
+    mlflow: Optional[MLflowLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
+    csv: Optional[CSVLoggerConfig] = None
+
+
 def _run_config_class():
     # `lambda` is the name users type (`kdrun lambda=0.3`) but a Python keyword, so the schema's
     # class is built by hand: no generated __init__/__repr__/__eq__ (which would not compile);
@@ -113,6 +156,7 @@ def _run_config_class():
         "kd": Dict[str, Any],
         "scheme": SchemeConfig,
         "ensemble": EnsembleConfig,
+        "logger": LoggerConfig,
         "T": float,
         "alpha": float,
         "lambda": Optional[float],
@@ -136,6 +180,7 @@ def _run_config_class():
         "kd": field(default_factory=dict),
         "scheme": field(default_factory=SchemeConfig),
         "ensemble": field(default_factory=EnsembleConfig),
+        "logger": field(default_factory=LoggerConfig),
         "T": 4.0,
         "alpha": 0.9,
         "lambda": None,
@@ -200,6 +245,9 @@ def check(cfg: DictConfig) -> None:
         _fail("channels_last", cfg.channels_last, "choose auto, on or off")
     if cfg.ensemble.combine not in COMBINES:
         _fail("ensemble.combine", cfg.ensemble.combine, f"choose one of {', '.join(COMBINES)}")
+    wandb = cfg.logger.wandb
+    if wandb is not None and wandb.mode is not None and wandb.mode not in WANDB_MODES:
+        _fail("logger.wandb.mode", wandb.mode, f"choose one of {', '.join(WANDB_MODES)} (or null: offline unless logged in)")
     teacher_members(cfg)  # checks the ensemble's settings
     # Several options selected: each member's own recipe is used, the merged top level is not.
     several = cfg.teacher.members if len(cfg.teacher.members) > 1 else {}
