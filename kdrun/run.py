@@ -81,9 +81,9 @@ def stop_on_signals():
 
 
 def config_digest(cfg: DictConfig) -> str:
-    """Identifies what a run computes (everything but `resume`, `progress` and where the data lives)."""
+    """Identifies what a run computes (everything but `resume`, `progress`, the trackers and where the data lives)."""
     node = plain(cfg)
-    for key in ("resume", "progress", "data_dir", "dry_run"):
+    for key in ("resume", "progress", "data_dir", "dry_run", "logger"):
         node.pop(key, None)
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 from hydra.utils import get_class
 
 from kdrun import KdrunError
@@ -88,14 +91,20 @@ def test_a_missing_tracker_package_is_one_line_naming_the_extra(tmp_path, monkey
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
+    """Run once per test session, also under pytest-xdist: the workers share a folder and a lock."""
     pytest.importorskip("mlflow", reason="pip install 'kdrun[mlflow]' (make install does)")
     pytest.importorskip("tensorboard", reason="pip install 'kdrun[tensorboard]' (make install does)")
-    tmp = tmp_path_factory.mktemp("watched")
-    sweep_dir = tmp / "sweep"
-    proc = kdrun_cli("-m", *TINY, *FAKE, "teacher.epochs=2", "epochs=2", "T=2,8", "logger=[tensorboard,mlflow,csv]",
-                     f"logger.mlflow.save_dir={tmp / 'mlruns'}", f"hydra.sweep.dir={sweep_dir}",
-                     f"teacher_cache={tmp / 'teachers'}", cwd=tmp)
-    return {"dir": sweep_dir, "mlruns": tmp / "mlruns", "proc": proc}
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    tmp = root / "watched"
+    with FileLock(str(root / "watched.lock")):
+        if not (tmp / "done").exists():
+            tmp.mkdir(exist_ok=True)
+            kdrun_cli("-m", *TINY, *FAKE, "teacher.epochs=2", "epochs=2", "T=2,8", "logger=[tensorboard,mlflow,csv]",
+                      f"logger.mlflow.save_dir={tmp / 'mlruns'}", f"hydra.sweep.dir={tmp / 'sweep'}",
+                      f"teacher_cache={tmp / 'teachers'}", cwd=tmp)
+            (tmp / "done").touch()
+    return {"dir": tmp / "sweep", "mlruns": tmp / "mlruns"}
 
 
 def test_kdrun_log_has_every_epoch_of_every_model_and_the_results(sweep):
@@ -179,28 +188,48 @@ def test_csv_logger_writes_metrics_csv_with_every_line(sweep):
 
 # --- failures ---------------------------------------------------------------------------------------
 
-def test_a_tracker_failing_mid_run_warns_and_the_run_goes_on(tmp_path, caplog):
+def test_a_tracker_failing_mid_run_warns_and_the_others_follow_the_run_through_a_resume(tmp_path, monkeypatch, caplog,
+                                                                                     sweep):
+    """The CSV logger's file cannot be written (a folder stands in its way): one warning, and the run,
+    MLflow and TensorBoard go on. Interrupted, the run is KILLED in MLflow; resumed, it continues
+    the same MLflow run and TensorBoard folder, each epoch logged once."""
+    pytest.importorskip("mlflow")
     pytest.importorskip("tensorboard")
+    from mlflow import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from kdrun import Interrupted
+    from tests.test_resume import stop_in_epoch
+
     run_dir = tmp_path / "r"
-    (run_dir / "csv" / "metrics.csv").mkdir(parents=True)  # the CSV logger's file cannot be written
-    with caplog.at_level(logging.WARNING):
-        summary = run(make_cfg(*FAKE, "epochs=2", "logger=[csv,tensorboard]", tmp=tmp_path), run_dir)
-    assert summary["status"] == "ok" and json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
-    assert [(r["model"], r["epoch"]) for r in _records(run_dir)] == [("teacher", 1), ("student", 1), ("student", 2)]
+    (run_dir / "csv" / "metrics.csv").mkdir(parents=True)
+    # The sweep's MLflow store (its experiment is the sweep's): this run goes to the experiment "kdrun"
+    args = [*FAKE, "epochs=3", "logger=[csv,tensorboard,mlflow]", f"logger.mlflow.save_dir={sweep['mlruns']}"]
+    with caplog.at_level(logging.WARNING), stop_in_epoch(4, monkeypatch), pytest.raises(Interrupted):
+        run(make_cfg(*args, tmp=tmp_path), run_dir)  # stops in the student's 3rd epoch (the teacher had one)
     failures = [r.getMessage() for r in caplog.records if "logger=" in r.getMessage()]
     assert len(failures) == 1 and failures[0].startswith("logger=csv failed (IsADirectoryError")
-    assert (run_dir / "csv" / "hparams.yaml").is_file()  # it did start: the failure came with the first metrics line
-    events = EventAccumulator(str(run_dir / "tensorboard"))  # the other tracker carried on to the end
+    assert (run_dir / "csv" / "hparams.yaml").is_file()  # it did start: it failed with the first metrics line
+    client = MlflowClient(f"sqlite:///{sweep['mlruns'] / 'mlflow.db'}")
+    run_id = json.loads((run_dir / "trackers.json").read_text())["mlflow"]["run_id"]
+    assert client.get_run(run_id).info.status == "KILLED"
+
+    summary = run(make_cfg(*args, "resume=true", tmp=tmp_path), run_dir)
+    assert summary["status"] == "ok" and json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
+    assert [(r["model"], r["epoch"]) for r in _records(run_dir)] == [("teacher", 1), *(("student", e) for e in (1, 2, 3))]
+    [mlrun] = client.search_runs([client.get_experiment_by_name("kdrun").experiment_id])
+    assert mlrun.info.run_id == run_id and mlrun.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "student/val/acc")] == [1, 2, 3]
+    assert mlrun.data.metrics["student/test_acc"] == pytest.approx(summary["student"]["test_acc"])
+    events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
-    assert [s.step for s in events.Scalars("student/val/acc")] == [1, 2]
+    assert [s.step for s in events.Scalars("student/val/acc")] == [1, 2, 3]
     assert events.Scalars("student/test_acc")[0].value == pytest.approx(summary["student"]["test_acc"])
 
 
 # --- Weights & Biases: offline unless logged in ---------------------------------------------------
 
-def test_wandb_runs_offline_unless_logged_in(tmp_path, monkeypatch):
+def test_wandb_runs_offline_unless_logged_in(tmp_path, monkeypatch, caplog):
     pytest.importorskip("wandb", reason="pip install 'kdrun[wandb]' (make install does)")
     from kdrun.loggers.wandb import logged_in
 
@@ -209,12 +238,18 @@ def test_wandb_runs_offline_unless_logged_in(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: never logged in
     assert not logged_in()
     run_dir = tmp_path / "r"
-    summary = run(make_cfg(*FAKE, "epochs=2", "logger=wandb", tmp=tmp_path), run_dir)
+    with caplog.at_level(logging.WARNING):
+        summary = run(make_cfg(*FAKE, "epochs=2", "logger=wandb", tmp=tmp_path), run_dir)
+    assert not [r.getMessage() for r in caplog.records if "logger=" in r.getMessage()]
     # W&B keeps an offline run in the run directory, for `wandb sync`; its records hold every metric by name
     [log_file] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
     assert log_file.name == f"run-{json.loads((run_dir / 'trackers.json').read_text())['wandb']['id']}.wandb"
+    keys = (b"student/val/acc", b"student/epoch", b"teacher/train/loss", b"student/test_acc", b"teacher.lr")
+    deadline = time.time() + 30  # wandb-core, its own process, may still be writing when finish() returns
+    while not all(k in log_file.read_bytes() for k in keys) and time.time() < deadline:
+        time.sleep(0.1)
     records = log_file.read_bytes()
-    for key in (b"student/val/acc", b"student/epoch", b"teacher/train/loss", b"student/test_acc", b"teacher.lr"):
+    for key in keys:
         assert key in records, key
     assert summary["status"] == "ok"
     (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "0" * 40 + "\n")
