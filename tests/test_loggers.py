@@ -144,6 +144,7 @@ def test_tensorboard_has_a_folder_per_job_with_scalars_and_hparams(sweep):
         start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
         hparams = start.session_start_info.hparams
         assert hparams["T"].number_value == T and hparams["student.name"].string_value == "mlp800"
+        assert hparams["overrides"].string_value.endswith(f"T={T:g}")
         experiment = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
         assert "student/test_acc" in [m.name.tag for m in experiment.metric_infos]
         summary = json.loads((sweep["dir"] / job / "summary.json").read_text())
@@ -161,6 +162,8 @@ def test_mlflow_holds_the_sweep_as_one_experiment(sweep):
         mlrun = runs[f"{job}: T={T}"]
         assert mlrun.info.status == "FINISHED" and mlrun.data.params["T"] == f"{T}.0"
         assert mlrun.data.params["student.name"] == "mlp800" and "progress" not in mlrun.data.params
+        assert mlrun.data.params["overrides"].endswith(f"teacher=mlp800 T={T}")  # as typed, without logger=...
+        assert "logger" not in mlrun.data.params["overrides"] and "hydra" not in mlrun.data.params["overrides"]
         for model in {r["model"] for r in _records(sweep["dir"] / job)}:
             history = client.get_metric_history(mlrun.info.run_id, f"{model}/val/acc")
             assert [(m.step, m.value) for m in history] == \

@@ -37,11 +37,14 @@ class RunInfo:
     swept: List[str] = field(default_factory=list)  # the keys the sweep varies
 
     @property
+    def settings(self) -> List[str]:
+        """The overrides that say what the run computes (not resume=true, hydra.*, logger=...)."""
+        return [o for o in self.overrides if _key(o).partition(".")[0] not in NOT_PARAMS + ("hydra",)]
+
+    @property
     def name(self) -> str:
         """The tracker run's name: what sets the job apart in its sweep (else all the run's overrides)."""
-        label = " ".join(o for o in self.overrides if _key(o) in self.swept) or " ".join(
-            o for o in self.overrides if _key(o).partition(".")[0] not in NOT_PARAMS + ("hydra",))
-        label = label or "defaults"
+        label = " ".join(o for o in self.overrides if _key(o) in self.swept) or " ".join(self.settings) or "defaults"
         return (f"{self.job}: {label}" if self.job is not None else label)[:250]
 
     def read_state(self, tracker: str) -> dict:
@@ -66,7 +69,7 @@ class Logger:
         return ""
 
     def log_params(self, params: Dict[str, Any]) -> None:
-        """The composed config, flattened (`teacher.lr`), without the settings in NOT_PARAMS."""
+        """`overrides` (as typed) and the composed config, flattened (`teacher.lr`), without NOT_PARAMS."""
 
     def log_metrics(self, record: dict) -> None:
         """One metrics.jsonl line: `model`, `epoch` (the step) and the numbers."""
@@ -195,7 +198,7 @@ def open_trackers(cfg, info: RunInfo) -> Trackers:
         if described:
             log.info("logger %s: %s", name, described)
     trackers = Trackers(loggers)
-    trackers.log_params(flat_params(cfg))
+    trackers.log_params({"overrides": " ".join(info.settings), **flat_params(cfg)})
     return trackers
 
 

@@ -71,7 +71,7 @@ class MLflowLogger(Logger):
             self.run_id = previous["run_id"]  # a resumed run continues its MLflow run
             self.client.update_run(self.run_id, status="RUNNING")
         else:
-            tags = {"kdrun.run_dir": str(run.run_dir), "kdrun.overrides": " ".join(run.overrides)}
+            tags = {"kdrun.run_dir": str(run.run_dir)}
             if run.job is not None:
                 tags["kdrun.job"] = run.job
             self.run_id = self.client.create_run(experiment_id, run_name=run_name or run.name, tags=tags).info.run_id
