@@ -86,7 +86,8 @@ def _main(cfg: DictConfig) -> float | None:
     if summary["status"] != "ok":  # a dry run printed its layer table already
         return None
     print_summary(summary)
-    to_log_files("results:\n" + plain_text(lambda console: print_summary(summary, console)))  # the whole story in kdrun.log
+    # kdrun.log tells the whole story: the table too
+    to_log_files("results:\n" + plain_text(lambda console: print_summary(summary, console)))
     return summary["student"]["best_val_acc"]  # what a sweeper may maximise: never the test set
 
 

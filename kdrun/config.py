@@ -247,7 +247,8 @@ def check(cfg: DictConfig) -> None:
         _fail("ensemble.combine", cfg.ensemble.combine, f"choose one of {', '.join(COMBINES)}")
     wandb = cfg.logger.wandb
     if wandb is not None and wandb.mode is not None and wandb.mode not in WANDB_MODES:
-        _fail("logger.wandb.mode", wandb.mode, f"choose one of {', '.join(WANDB_MODES)} (or null: offline unless logged in)")
+        _fail("logger.wandb.mode", wandb.mode,
+              f"choose one of {', '.join(WANDB_MODES)} (or null: offline unless logged in)")
     teacher_members(cfg)  # checks the ensemble's settings
     # Several options selected: each member's own recipe is used, the merged top level is not.
     several = cfg.teacher.members if len(cfg.teacher.members) > 1 else {}

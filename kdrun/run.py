@@ -151,12 +151,12 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     device = pick_device(cfg.device)
     for line in run_header(cfg, run_dir, device):
         log.info(line)
-    # Before the data: a tracker whose package is missing stops the run here, with one line.
-    trackers = Trackers() if cfg.dry_run else open_trackers(cfg, run_info(run_dir))
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.dataset, cfg.data_dir, device)
     log.info("data: %s, %s train / %s val / %s test images, %d classes, on %s", data.name, data.sizes["train"],
              data.sizes["val"], data.sizes["test"], data.num_classes, device)
+    # Before any training: a tracker whose package is missing stops the run here, with one line.
+    trackers = Trackers() if cfg.dry_run else open_trackers(cfg, run_info(run_dir))
     with trackers, stop_on_signals() as should_stop:
         ctx = RunContext(cfg=cfg, run_dir=run_dir, device=device, data=data,
                          metrics=MetricsLog(run_dir / "metrics.jsonl", trackers), config_digest=digest,

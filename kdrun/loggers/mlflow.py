@@ -38,7 +38,8 @@ def _connect(tracking_uri: Optional[str], save_dir: str):
     if not uri:
         root = Path(save_dir).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        uri, artifacts, lock = f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri(), FileLock(str(root / ".lock"))
+        uri, artifacts = f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+        lock = FileLock(str(root / ".lock"))
     with lock, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # SQLAlchemy's deprecation notices from inside mlflow's store
         client = MlflowClient(tracking_uri=uri)
@@ -95,8 +96,9 @@ class MLflowLogger(Logger):
 
         run_dir = self.run.run_dir
         self.client.log_batch(self.run_id, metrics=_metrics(summary_metrics(summary), 0))
+        hydra = run_dir / ".hydra"
         for path, folder in ((run_dir / "summary.json", None), (run_dir / "kdrun.log", None),
-                             (run_dir / ".hydra" / "config.yaml", "hydra"), (run_dir / ".hydra" / "overrides.yaml", "hydra")):
+                             (hydra / "config.yaml", "hydra"), (hydra / "overrides.yaml", "hydra")):
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path), folder)
         records = MetricsLog(run_dir / "metrics.jsonl").read()
