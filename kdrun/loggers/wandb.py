@@ -31,8 +31,9 @@ class WandbLogger(Logger):
         self.wandb, self.run_dir = wandb, run.run_dir
         previous = run.read_state("wandb")
         # console="off": Hydra's log already has the terminal's lines, and W&B must not wrap its streams.
-        self.wb = wandb.init(project=project, entity=entity, mode=self.mode, group=group or run.sweep_dir,
-                             name=run.name, tags=list(tags), dir=str(run.run_dir), id=previous.get("id"),
+        group = group or (run.sweep_dir[-128:] if run.sweep_dir else None)  # W&B takes 128 characters
+        self.wb = wandb.init(project=project, entity=entity, mode=self.mode, group=group, name=run.name,
+                             tags=list(tags), dir=str(run.run_dir), id=previous.get("id"),
                              resume="allow" if previous else None,
                              settings=wandb.Settings(console="off", silent=True, x_disable_stats=True))
         run.write_state("wandb", {"id": self.wb.id})
