@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 log = logging.getLogger("kdrun.epoch")
 
-# A loss this many times its first value (or above `DIVERGED_FLOOR` times 1.0) is a run going wrong.
+# A loss above this many times its first value (and above this many nats) is a run going wrong.
 DIVERGED_RATIO = 10.0
 CHANCE_MARGIN = 1.2  # accuracy below 1.2 / classes: no better than guessing
 
