@@ -18,7 +18,6 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep")
 SCHEMES = ("offline", "online", "self", "self_byot")
 COMBINES = ("mean_probs", "mean_logits")
-WANDB_MODES = ("online", "offline", "disabled")
 
 
 @dataclass
@@ -117,6 +116,9 @@ class MLflowLoggerConfig:
     experiment_name: Optional[str] = None  # null: the sweep directory (a multirun), else "kdrun"
     run_name: Optional[str] = None  # null: the run's overrides
     log_model: bool = False  # also upload checkpoints/*_best.pt
+
+
+WANDB_MODES = ("online", "offline", "disabled")
 
 
 @dataclass
@@ -245,10 +247,6 @@ def check(cfg: DictConfig) -> None:
         _fail("channels_last", cfg.channels_last, "choose auto, on or off")
     if cfg.ensemble.combine not in COMBINES:
         _fail("ensemble.combine", cfg.ensemble.combine, f"choose one of {', '.join(COMBINES)}")
-    wandb = cfg.logger.wandb
-    if wandb is not None and wandb.mode is not None and wandb.mode not in WANDB_MODES:
-        _fail("logger.wandb.mode", wandb.mode,
-              f"choose one of {', '.join(WANDB_MODES)} (or null: offline unless logged in)")
     teacher_members(cfg)  # checks the ensemble's settings
     # Several options selected: each member's own recipe is used, the merged top level is not.
     several = cfg.teacher.members if len(cfg.teacher.members) > 1 else {}
@@ -257,6 +255,7 @@ def check(cfg: DictConfig) -> None:
     if not several:
         _check_recipe("teacher", cfg.teacher)
     _check_scheme(cfg.scheme)
+    _check_logger(cfg.logger)
     _check_recipe("student", cfg.student)
     d = cfg.dataset
     if d.val_split < 0:
@@ -269,6 +268,13 @@ def check(cfg: DictConfig) -> None:
         _fail("dataset.std", list(d.std), "needs one value per channel, like dataset.mean")
     if any(s <= 0 for s in d.std):
         _fail("dataset.std", list(d.std), "every value must be > 0")
+
+
+def _check_logger(trackers: DictConfig) -> None:
+    wandb = trackers.wandb
+    if wandb is not None and wandb.mode is not None and wandb.mode not in WANDB_MODES:
+        _fail("logger.wandb.mode", wandb.mode,
+              f"choose one of {', '.join(WANDB_MODES)} (or null: offline unless logged in)")
 
 
 def _check_scheme(s: DictConfig) -> None:
