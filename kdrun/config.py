@@ -119,6 +119,51 @@ class SchemeConfig:
     T: float = 3.0  # self_byot: temperature of that KL term
 
 
+@dataclass
+class TensorBoardLoggerConfig:
+    _target_: str = "kdrun.loggers.tensorboard.TensorBoardLogger"
+    dir: str = "tensorboard"  # the event files' folder, inside the run directory
+
+
+@dataclass
+class MLflowLoggerConfig:
+    _target_: str = "kdrun.loggers.mlflow.MLflowLogger"
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else SQLite in save_dir
+    save_dir: str = "outputs/mlruns"  # the default store (mlflow.db) and its artifacts
+    experiment_name: Optional[str] = None  # null: the sweep directory (a multirun), else "kdrun"
+    run_name: Optional[str] = None  # null: the run's overrides
+    log_model: bool = False  # also upload checkpoints/*_best.pt
+
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class WandbLoggerConfig:
+    _target_: str = "kdrun.loggers.wandb.WandbLogger"
+    project: str = "kdrun"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # null: $WANDB_MODE, else online when logged in, else offline
+    group: Optional[str] = None  # null: the sweep directory (a multirun)
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class CSVLoggerConfig:
+    _target_: str = "kdrun.loggers.csv.CSVLogger"
+    dir: str = "csv"  # metrics.csv and hparams.yaml, inside the run directory
+
+
+@dataclass
+class LoggerConfig:
+    """The `logger` group: each selected tracker (logger=[tensorboard,mlflow]) fills its entry; null is off."""
+
+    tensorboard: Optional[TensorBoardLoggerConfig] = None
+    mlflow: Optional[MLflowLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
+    csv: Optional[CSVLoggerConfig] = None
+
+
 def _run_config_class():
     # `lambda` is the name users type (`kdrun lambda=0.3`) but a Python keyword, so the schema's
     # class is built by hand: no generated __init__/__repr__/__eq__ (which would not compile);
@@ -130,6 +175,7 @@ def _run_config_class():
         "kd": Dict[str, Any],
         "scheme": SchemeConfig,
         "ensemble": EnsembleConfig,
+        "logger": LoggerConfig,
         "T": float,
         "alpha": float,
         "lambda": Optional[float],
@@ -153,6 +199,7 @@ def _run_config_class():
         "kd": field(default_factory=dict),
         "scheme": field(default_factory=SchemeConfig),
         "ensemble": field(default_factory=EnsembleConfig),
+        "logger": field(default_factory=LoggerConfig),
         "T": 4.0,
         "alpha": 0.9,
         "lambda": None,
@@ -242,6 +289,7 @@ def check(cfg: DictConfig) -> None:
     if not several:
         _check_recipe("teacher", cfg.teacher)
     _check_scheme(cfg.scheme)
+    _check_logger(cfg.logger)
     _check_recipe("student", cfg.student)
     d = cfg.dataset
     if d.val_split < 0:
@@ -259,6 +307,13 @@ def check(cfg: DictConfig) -> None:
         _fail("dataset.std", list(d.std), "needs one value per channel, like dataset.mean")
     if any(s <= 0 for s in d.std):
         _fail("dataset.std", list(d.std), "every value must be > 0")
+
+
+def _check_logger(trackers: DictConfig) -> None:
+    wandb = trackers.wandb
+    if wandb is not None and wandb.mode is not None and wandb.mode not in WANDB_MODES:
+        _fail("logger.wandb.mode", wandb.mode,
+              f"choose one of {', '.join(WANDB_MODES)} (or null: offline unless logged in)")
 
 
 def _check_scheme(s: DictConfig) -> None:

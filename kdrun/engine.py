@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from collections import defaultdict
@@ -20,9 +21,12 @@ from tqdm import tqdm
 
 from kdrun import Interrupted, KdrunError
 from kdrun.checkpoint import load_checkpoint, save_checkpoint
+from kdrun.loggers.console import EpochLog
 from kdrun.methods.base import Distiller
 from kdrun.models import logits_of
 from kdrun.speed import OptimizerStep, grad_scaler
+
+log = logging.getLogger(__name__)
 
 
 def reseed(seed: int, role: str, epoch: int = 0) -> None:
@@ -66,14 +70,18 @@ def make_optimizer(recipe, params) -> torch.optim.Optimizer:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line, one line per model per epoch."""
+    """metrics.jsonl: one JSON object per line, one line per model per epoch. Every line also goes to
+    the run's trackers (kdrun.loggers.Trackers: TensorBoard, MLflow, ...), after it is on disk."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, trackers=None):
         self.path = Path(path)
+        self.trackers = trackers
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.log_metrics(record)
 
     def read(self) -> list[dict]:
         if not self.path.exists():
@@ -226,9 +234,11 @@ def fit(
         first_epoch, best = state["epoch"] + 1, {name: tuple(b) for name, b in state["best"].items()}
         for name in members:
             metrics.drop_after(name, state["epoch"])
+        log.info("%s: resuming after epoch %d of %d (%s)", role, state["epoch"], epochs, last_path)
     train_loader = data.loader("train", recipe.batch_size, shuffle=True, augment=recipe.augment, extras=train_extras,
                                exclude=recipe.exclude_classes)
     val_loader = data.loader("val", 1024) if data.has_val else None
+    epoch_log = EpochLog(epochs)
 
     for epoch in range(first_epoch, epochs + 1):
         reseed(seed, role, epoch)
@@ -260,6 +270,7 @@ def fit(
                                  **({"methods": model.methods.state_dict()} if single else {}),
                                  "epoch": epoch, "val_acc": best[name][1]}, best_paths[name])
             metrics.write(record)
+            epoch_log(record, best[name])
         save_checkpoint(
             {**(meta or {}), "model": model.student.state_dict(), "methods": model.methods.state_dict(),
              "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best, "config_digest": config_digest,

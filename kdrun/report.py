@@ -205,11 +205,15 @@ class SweepSummary(Callback):
     summary, plots and table, in the sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from kdrun.loggers import log_sweep
+
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
-            write_report([sweep_dir], sweep_dir)
+            report = write_report([sweep_dir], sweep_dir)
         except Exception:  # the jobs' own results are safe on disk: a report problem must not hide them
             log.exception("the sweep summary failed; rebuild it with: kdrun-report %s", sweep_dir)
+            return
+        log_sweep(config.get("logger"), sweep_dir, report)  # e.g. into the sweep's MLflow experiment
 
 
 def main(argv: Optional[list[str]] = None) -> None:

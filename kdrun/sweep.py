@@ -20,6 +20,7 @@ from kdrun import KdrunError
 
 # Overrides that change how a run is carried out or recorded, not what it computes. They are not
 # columns, so a sweep continued with `resume=true` has the same rows (and seed groups) as before.
+# Nor are the trackers' settings (`logger=...`, `logger.mlflow.*`).
 BOOKKEEPING = frozenset({"resume", "progress", "data_dir", "teacher_cache"})
 # What a student trained without a teacher cannot depend on: ignored when a job is matched to the
 # scratch baseline (the `kd=none` jobs), and so is the seed (the baseline is a mean over seeds).
@@ -84,7 +85,7 @@ def parse_overrides(items: Iterable[str]) -> dict:
     for item in items:
         key, _, value = str(item).partition("=")
         key = key.lstrip("+~")
-        if key and key not in BOOKKEEPING and not key.startswith("hydra."):
+        if key and key not in BOOKKEEPING and not key.startswith(("hydra.", "logger")):
             out[key] = value
     return out
 

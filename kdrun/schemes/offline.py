@@ -11,10 +11,11 @@ from kdrun.checkpoint import load_weights, write_json_atomic
 from kdrun.config import ce_weight, student_epochs, teacher_members
 from kdrun.losses.response import ensemble_logits
 from kdrun.engine import fit, reseed
+from kdrun.loggers.console import chance_level, teacher_line
 from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, model_meta, pretrained_of
-from kdrun.schemes import RunContext, example_batch
+from kdrun.schemes import RunContext, example_batch, log
 from kdrun.speed import accelerate, speed_settings
 from kdrun.teachers import Ensemble, cached_train_logits, get_teachers, test_report
 
@@ -32,6 +33,9 @@ def run(ctx: RunContext) -> dict:
     if methods:
         teacher, teacher_info = get_teachers(cfg, ctx.data, ctx.device, ctx.metrics, cfg.progress, ctx.should_stop,
                                              T=distillation_T(cfg, methods), train=not cfg.dry_run)
+        if not cfg.dry_run:  # before the student trains on it
+            log.info(teacher_line(teacher_info))
+            chance_level("the teacher", teacher_info.get("test_acc"), ctx.data.num_classes)
     return distill(ctx, methods, teacher, teacher_info)
 
 
