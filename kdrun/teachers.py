@@ -23,6 +23,7 @@ from kdrun.losses.response import ensemble_logits
 from kdrun.engine import MetricsLog, evaluate, fit, reseed
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, count_parameters, logits_of, model_meta
+from kdrun.models.cifar import checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -94,9 +95,10 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
     model = build_from_config(node, data)
     meta = model_meta(node, data)
     if node.checkpoint:
-        load_weights(model, Path(node.checkpoint), "teacher.checkpoint", **meta)
+        path = checkpoint_file(node.checkpoint, node.name)  # a folder: RepDistiller's published teachers
+        load_weights(model, path, "teacher.checkpoint", **meta)
         model.to(device)
-        info = {"arch": node.name, "source": "checkpoint", "path": str(Path(node.checkpoint).resolve())}
+        info = {"arch": node.name, "source": "checkpoint", "path": str(path.resolve())}
         return model, {**info, **test_report(model, data, device)}
 
     digest = teacher_digest(cfg)

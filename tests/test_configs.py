@@ -10,6 +10,7 @@ from kdrun.data import build_data
 from kdrun.engine import make_optimizer, train_one_epoch
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config
+from kdrun.models.cifar import CIFAR_MODELS
 from kdrun.run import run
 from tests.conftest import CONFIGS, HAS_MNIST, make_cfg
 from tests.datasets import write_cifar, write_image_folder
@@ -23,7 +24,7 @@ def options(group: str) -> list[str]:
 
 def test_the_groups_hold_what_the_readme_promises():
     models = {"mlp1200", "mlp800", "lenet5", "resnet18", "resnet34", "resnet50", "mobilenetv2",
-              "mobilenetv3_small", "shufflenetv2", "efficientnet_b0", "vgg11", "torchvision"}
+              "mobilenetv3_small", "shufflenetv2", "efficientnet_b0", "vgg11", "torchvision"} | CIFAR_MODELS
     assert set(options("teacher")) == set(options("student")) == models
     assert set(options("dataset")) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake"}
     assert {"hinton", "none"} <= set(options("kd"))
@@ -48,10 +49,19 @@ def _one_step(model_node, dataset: str, extra=()):
 
 
 @pytest.mark.parametrize("role", ["teacher", "student"])
-@pytest.mark.parametrize("option", [o for o in options("student") if o != "torchvision"])
+@pytest.mark.parametrize("option", [o for o in options("student") if o != "torchvision" and o not in CIFAR_MODELS])
 def test_every_model_option_trains_one_step_on_mnist_shaped_data(role, option):
     cfg = make_cfg(f"{role}={option}")
     _one_step(cfg[role], "fake")
+
+
+@pytest.mark.parametrize("option", sorted(CIFAR_MODELS))
+def test_every_cifar_model_option_trains_one_step(option):
+    # Both roles compose from the one configs/model/<option>.yaml, so one trains; on 8x8 images, since
+    # 22 models at full size would take much of the suite's time budget.
+    cfg = make_cfg(f"teacher={option}", f"student={option}")
+    assert cfg.teacher.name == cfg.student.name == cfg.teacher.members[option].name == option
+    _one_step(cfg.student, "fake", ["dataset.image_size=8"])
 
 
 def test_torchvision_option_takes_any_classifier_by_name():
