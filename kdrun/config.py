@@ -18,6 +18,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep")
 SCHEMES = ("offline", "online", "self", "self_byot")
 COMBINES = ("mean_probs", "mean_logits")
+PROTOCOLS = ("validation", "best_test_epoch")
 
 
 @dataclass
@@ -89,6 +90,10 @@ class DatasetConfig:
     num_test: int = 256  # fake only
     test_split: float = 0.2  # image_folder without a test/ folder: the share held out for test
     num_workers: int = 2  # image_folder: DataLoader workers
+    # validation: the best epoch is chosen on val_split, the test set is read once. best_test_epoch: the
+    # published CIFAR protocol (RepDistiller, mdistiller): all training images train, and the test set
+    # is evaluated after every epoch and its best epoch reported (for like-for-like comparisons only).
+    protocol: str = "validation"
 
 
 @dataclass
@@ -220,6 +225,8 @@ def check(cfg: DictConfig) -> None:
         _fail("dataset.std", list(d.std), "needs one value per channel, like dataset.mean")
     if any(s <= 0 for s in d.std):
         _fail("dataset.std", list(d.std), "every value must be > 0")
+    if d.protocol not in PROTOCOLS:
+        _fail("dataset.protocol", d.protocol, f"choose one of {', '.join(PROTOCOLS)}")
 
 
 def _check_scheme(s: DictConfig) -> None:
