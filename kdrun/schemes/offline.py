@@ -12,6 +12,7 @@ from kdrun.engine import fit, reseed
 from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, model_meta
+from kdrun.models.cifar import warn_small_maps
 from kdrun.schemes import RunContext, example_batch
 from kdrun.speed import accelerate, speed_settings
 from kdrun.teachers import Ensemble, cached_train_logits, get_teachers, test_report
@@ -47,6 +48,7 @@ def distill(ctx: RunContext, methods: dict, teacher, teacher_info, role: str = "
     speed = speed_settings(cfg, device, student)
     # Built with every method, so that the dry pass sizes all adapters before any training.
     full = Distiller(student, teacher, methods, ce_weight(cfg), example=example_batch(data, device), **speed)
+    warn_small_maps(full.layer_report, cfg.student.name, (teacher_info or {}).get("arch", cfg.student.name))
     if cfg.dry_run:
         return {"teacher": teacher_info, "layers": full.layer_report}
     ckpt_dir.mkdir(parents=True, exist_ok=True)
