@@ -52,25 +52,32 @@ class V1Block(nn.Module):
         return self.relu(torch.cat([out, shortcut], 1) if self.stride == 2 else out + shortcut)
 
 
-class ShuffleNetV1(nn.Module):
-    def __init__(self, num_classes: int, in_channels: int = 3, widths=(240, 480, 960), blocks=(4, 8, 4), groups=3):
+class _ShuffleNet(nn.Module):
+    """Both versions: a 1x1 stem to 24 channels at full resolution, then three stages."""
+
+    def __init__(self, in_channels: int, stages: list[nn.Sequential]):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, 24, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
         self.relu = nn.ReLU(inplace=True)
-        c_in = 24
-        for i, (c_out, n) in enumerate(zip(widths, blocks), start=1):
-            # The first block's output is concatenated with its c_in shortcut channels.
-            stage = [V1Block(c_in, c_out - c_in, 2, groups)] + [V1Block(c_out, c_out, 1, groups) for _ in range(n - 1)]
-            setattr(self, f"layer{i}", nn.Sequential(*stage))
-            c_in = c_out
+        self.layer1, self.layer2, self.layer3 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def features(self, x):
+        return self.layer3(self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x))))))
+
+
+class ShuffleNetV1(_ShuffleNet):
+    def __init__(self, num_classes: int, in_channels: int = 3, widths=(240, 480, 960), blocks=(4, 8, 4), groups=3):
+        # The first block of a stage concatenates its c_in shortcut channels to its output.
+        c_ins = (24, *widths[:-1])
+        super().__init__(in_channels, [nn.Sequential(V1Block(c_in, c_out - c_in, 2, groups),
+                                                     *[V1Block(c_out, c_out, 1, groups) for _ in range(n - 1)])
+                                       for c_in, c_out, n in zip(c_ins, widths, blocks)])
         self.linear = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        return self.linear(self.avgpool(x).flatten(1))
+        return self.linear(self.avgpool(self.features(x)).flatten(1))
 
 
 class V2Block(nn.Module):
@@ -123,26 +130,18 @@ class V2DownBlock(nn.Module):
         return self.shuffle(torch.cat([left, right], 1))
 
 
-class ShuffleNetV2(nn.Module):
+class ShuffleNetV2(_ShuffleNet):
     def __init__(self, num_classes: int, in_channels: int = 3, widths=(116, 232, 464), blocks=(3, 7, 3), head=1024):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 24, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(24)
-        self.relu = nn.ReLU(inplace=True)
-        c_in = 24
-        for i, (c_out, n) in enumerate(zip(widths, blocks), start=1):
-            setattr(self, f"layer{i}", nn.Sequential(V2DownBlock(c_in, c_out), *[V2Block(c_out) for _ in range(n)]))
-            c_in = c_out
+        c_ins = (24, *widths[:-1])
+        super().__init__(in_channels, [nn.Sequential(V2DownBlock(c_in, c_out), *[V2Block(c_out) for _ in range(n)])
+                                       for c_in, c_out, n in zip(c_ins, widths, blocks)])
         self.conv2 = nn.Conv2d(widths[-1], head, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(head)
         self.head_relu = nn.ReLU(inplace=True)  # not `relu`: that tap is the stem's
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(head, num_classes)
 
     def forward(self, x):
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        x = self.head_relu(self.bn2(self.conv2(x)))
+        x = self.head_relu(self.bn2(self.conv2(self.features(x))))
         return self.linear(self.avgpool(x).flatten(1))
 
 
