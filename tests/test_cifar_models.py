@@ -15,10 +15,16 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from kdrun.data import build_data
+from kdrun.engine import make_optimizer, train_one_epoch
 from kdrun.features import FeatureTap
-from kdrun.models import build_model, count_parameters
+from kdrun.methods.base import Distiller
+from kdrun.models import build_from_config, build_model, count_parameters
 from kdrun.models.cifar import REPDISTILLER_NAMES
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, make_cfg
+
+TINY_CIFAR = ["dataset=fake", "dataset.channels=3", "dataset.num_classes=100", "dataset.image_size=8",
+              "dataset.num_train=8", "dataset.val_split=0", "dataset.mean=[0.5,0.5,0.5]", "dataset.std=[0.25,0.25,0.25]"]
 
 REPDISTILLER = {  # kdrun option: (RepDistiller's name, parameters, state_dict entries, digest)
     "cifar_resnet8": ("resnet8", 83892, 56, "ac039310c98e68d8"),
@@ -87,11 +93,19 @@ def test_the_family_is_repdistillers_whole_model_list():
 
 
 @pytest.mark.parametrize("option", sorted(REPDISTILLER))
-def test_parameters_and_state_dict_keys_are_repdistillers(option):
-    model = build_model(option, num_classes=100, in_channels=3, image_size=32)
+def test_each_option_composes_builds_repdistillers_model_and_trains_one_step(option):
+    cfg = make_cfg(f"teacher={option}", f"student={option}", *TINY_CIFAR)
+    assert cfg.teacher.name == cfg.student.name == cfg.teacher.members[option].name == option
+    data = build_data(cfg.dataset, "/unused", torch.device("cpu"))
+    model = build_from_config(cfg.student, data)  # 3 channels, 100 classes: RepDistiller's CIFAR-100 model
     _, params, entries, expected = REPDISTILLER[option]
     state = model.state_dict()
     assert (count_parameters(model), len(state), digest(state)) == (params, entries, expected)
+    # One step on 8x8 images (any size works; 32x32 for all 22 models would cost seconds).
+    x, y = next(iter(data.loader("train", 4, shuffle=True, augment=True)))
+    metrics = train_one_epoch(Distiller(model), [(x, y)], make_optimizer(cfg.student, model.parameters()),
+                              torch.device("cpu"), "one step", progress=False)
+    assert metrics["train/loss"] > 0
 
 
 @pytest.mark.parametrize("option", sorted(FEATURES))
