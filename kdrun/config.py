@@ -17,7 +17,7 @@ from kdrun import KdrunError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep")
 SCHEMES = ("offline", "online", "self", "self_byot")
-COMBINES = ("mean_probs", "mean_logits")
+COMBINES = ("auto", "mean_probs", "mean_logits")
 PROTOCOLS = ("validation", "best_test_epoch")
 
 
@@ -69,7 +69,9 @@ class TeacherConfig(MemberConfig):
 
 @dataclass
 class EnsembleConfig:
-    combine: str = "mean_probs"  # the soft targets: mean of the members' tempered probabilities, or mean_logits
+    # The soft targets: the mean of the members' tempered probabilities, or of their logits; auto is
+    # mean_logits for kd=logits (which regresses logits), else mean_probs.
+    combine: str = "auto"
 
 
 @dataclass
@@ -205,7 +207,8 @@ def check(cfg: DictConfig) -> None:
         _fail("channels_last", cfg.channels_last, "choose auto, on or off")
     if cfg.ensemble.combine not in COMBINES:
         _fail("ensemble.combine", cfg.ensemble.combine, f"choose one of {', '.join(COMBINES)}")
-    teacher_members(cfg)  # checks the ensemble's settings
+    if len(teacher_members(cfg)) > 1:  # (also checks the ensemble's settings)
+        ensemble_combine(cfg)
     # Several options selected: each member's own recipe is used, the merged top level is not.
     several = cfg.teacher.members if len(cfg.teacher.members) > 1 else {}
     for option, node in several.items():
@@ -288,11 +291,28 @@ def check_overrides(cfg: DictConfig, overrides: List[str]) -> None:
 
 def ce_weight(cfg: DictConfig) -> float:
     """lambda, the weight of the hard-label term: by default 1 - alpha when Hinton's soft targets (whose
-    weight is alpha) are among the terms, as in the paper's weighted average; 1 otherwise, since the
-    other methods' papers add their term to the full cross-entropy."""
+    weight is alpha) are among the terms, as in the paper's weighted average; 0 for `logits` alone,
+    since Ba & Caruana's mimic models regress the teacher's logits without the labels; 1 otherwise,
+    since the other methods' papers add their term to the full cross-entropy."""
     if cfg["lambda"] is not None:
         return float(cfg["lambda"])
-    return round(1.0 - float(cfg.alpha), 12) if "hinton" in cfg.kd else 1.0
+    if "hinton" in cfg.kd:
+        return round(1.0 - float(cfg.alpha), 12)
+    return 0.0 if list(cfg.kd) == ["logits"] else 1.0
+
+
+def ensemble_combine(cfg: DictConfig) -> str:
+    """How a teacher ensemble's members make one set of logits. `logits` regresses them, and
+    mean_probs hands it T * log(mean probability), which is no logit (two identical members would
+    give a loss of ~100 where 0 is right): auto takes the mean of the logits for it, and an explicit
+    mean_probs is refused."""
+    combine, regresses = cfg.ensemble.combine, "logits" in cfg.kd
+    if combine == "auto":
+        return "mean_logits" if regresses else "mean_probs"
+    if combine == "mean_probs" and regresses:
+        _fail("ensemble.combine", combine, "kd=logits regresses the teacher's logits, and the averaged probabilities "
+              "give no logits to regress: use ensemble.combine=auto or mean_logits")
+    return combine
 
 
 def student_epochs(cfg: DictConfig) -> int:

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from kdrun.checkpoint import load_checkpoint, load_weights, save_checkpoint, write_json_atomic
-from kdrun.config import plain, teacher_members
+from kdrun.config import ensemble_combine, plain, teacher_members
 from kdrun.losses.response import ensemble_logits
 from kdrun.engine import MetricsLog, evaluate, fit, reseed
 from kdrun.methods.base import Distiller
@@ -79,10 +79,11 @@ def get_teachers(cfg, data, device, run_metrics: MetricsLog, progress: bool, sho
                                        "teacher_cache": cfg.teacher_cache})
         models[name], infos[name] = get_teacher(member_cfg, data, device, run_metrics, progress, should_stop, train,
                                                 label=f"teacher.{name}")
-    ensemble = Ensemble(models, cfg.ensemble.combine, T).to(device)
+    combine = ensemble_combine(cfg)
+    ensemble = Ensemble(models, combine, T).to(device)
     report = test_report(ensemble, data, device) if train else {}
     return ensemble, {"arch": "ensemble of " + "+".join(infos), "source": "ensemble",
-                      "combine": cfg.ensemble.combine, "T": float(T), **report, "members": infos}
+                      "combine": combine, "T": float(T), **report, "members": infos}
 
 
 def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, should_stop: Callable[[], bool],

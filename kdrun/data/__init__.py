@@ -32,22 +32,42 @@ class DataBundle:
     image_size: int
     sizes: Dict[str, int]  # images per split: train, val (0 when there is none), test
     make_loader: Callable[..., Iterable] = field(repr=False)
-    in_memory: bool = True  # held as tensors: loaders can also yield per-image extras (cached logits)
+    in_memory: bool = True  # held as tensors on the device (else read from files by a DataLoader)
+    split_labels: Optional[Callable[[str], torch.Tensor]] = field(default=None, repr=False)  # fast path of labels()
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
                extras: Optional[Dict[str, torch.Tensor]] = None, exclude: Sequence[int] = ()) -> Iterable:
         """Batches of (images, labels), or (images, labels, {name: extra[idx]}) with `extras`: tensors
-        with one row per image of the split, in its order (e.g. a teacher's cached logits). Images of
-        the classes in `exclude` are left out (e.g. Hinton et al.'s transfer set without any 3)."""
+        with one row per image of the split, in its order (a teacher's cached logits, each image's
+        index). Images of the classes in `exclude` are left out (e.g. Hinton et al.'s transfer set
+        without any 3)."""
         if self.sizes.get(split, 0) == 0:
             raise ValueError(f"the {split} split is empty")
-        if extras is not None and not self.in_memory:
-            raise ValueError("per-image extras need an in-memory dataset")
         return self.make_loader(split, batch_size, shuffle, augment, extras, tuple(exclude))
+
+    def labels(self, split: str) -> torch.Tensor:
+        """Every label of a split, in its order."""
+        if self.split_labels is not None:
+            return self.split_labels(split)
+        return torch.cat([y for _, y in self.loader(split, 1024)])
 
     @property
     def has_val(self) -> bool:
         return self.sizes.get("val", 0) > 0
+
+
+class WithExtras(torch.utils.data.Dataset):
+    """A dataset whose items carry per-image extras: (image, label, {name: extra[i]})."""
+
+    def __init__(self, dataset, extras: Dict[str, torch.Tensor]):
+        self.dataset, self.extras = dataset, extras
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[i]
+        return x, y, {k: v[i] for k, v in self.extras.items()}
 
 
 def split_indices(n: int, val_split: float, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:

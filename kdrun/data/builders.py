@@ -9,7 +9,7 @@ import torchvision
 from torchvision import transforms
 
 from kdrun import KdrunError
-from kdrun.data import DataBundle, register_dataset, split_indices
+from kdrun.data import DataBundle, WithExtras, register_dataset, split_indices
 from kdrun.data.memory import TensorLoader
 
 
@@ -64,6 +64,7 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
         image_size=train_x.shape[-1],
         sizes={k: len(y) for k, (_, y) in splits.items()},
         make_loader=make_loader,
+        split_labels=lambda split: splits[split][1],
     )
 
 
@@ -173,9 +174,10 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
 
     def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
         ds = with_transform(source[split], augmented if augment else plain)
-        chosen = [i for i in indices[split].tolist() if ds.targets[i] not in exclude]
+        kept = [pos for pos, i in enumerate(indices[split].tolist()) if ds.targets[i] not in exclude]
+        subset = torch.utils.data.Subset(ds, indices[split][kept].tolist())
         return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(ds, chosen),
+            WithExtras(subset, {k: v[kept] for k, v in extras.items()}) if extras else subset,
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=cfg.num_workers,
@@ -191,4 +193,5 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
         sizes={k: len(v) for k, v in indices.items()},
         make_loader=make_loader,
         in_memory=False,
+        split_labels=lambda split: torch.tensor(source[split].targets)[indices[split]],
     )

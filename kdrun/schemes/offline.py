@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from kdrun import KdrunError
 from kdrun.checkpoint import load_weights, write_json_atomic
 from kdrun.config import ce_weight, student_epochs, teacher_members
@@ -26,7 +28,7 @@ def run(ctx: RunContext) -> dict:
         if reading:
             raise KdrunError(f"kd={reading[0]} reads the teacher's layers, and an ensemble of teachers has no single "
                              "layer to read: with teacher=[...] or teacher.ensemble_seeds use logit methods "
-                             "(hinton, logits, dkd)")
+                             "(hinton, logits, dkd, dist)")
     teacher, teacher_info = None, None
     if methods:
         teacher, teacher_info = get_teachers(cfg, ctx.data, ctx.device, ctx.metrics, cfg.progress, ctx.should_stop,
@@ -64,7 +66,7 @@ def distill(ctx: RunContext, methods: dict, teacher, teacher_info, role: str = "
             stage = Distiller(student, teacher, {name: method}, ce_weight=0.0, **speed)
             fit(stage, data, cfg.student, method.stage1_epochs, role=f"{role}.{name}", **common)
     extras = _cached_logits(cfg, methods, data, teacher, teacher_info, device)
-    common["train_extras"] = extras
+    common["train_extras"] = _with_index(extras, methods, data)
     joint = {name: m for name, m in methods.items() if m.joint}
     distiller = full if len(joint) == len(methods) else Distiller(student, teacher, joint, ce_weight(cfg), **speed)
     result = fit(distiller, data, cfg.student, student_epochs(cfg), role=role, **common)
@@ -93,6 +95,14 @@ def _cached_logits(cfg, methods, data, teacher, teacher_info, device):
     if isinstance(teacher, Ensemble):
         return {"teacher_logits": ensemble_logits(logits, teacher.combine, teacher.T)}
     return {"teacher_logits": logits[0]}
+
+
+def _with_index(extras, methods, data):
+    """The training extras plus each image's position in the split, when a method needs it (CRD's
+    memory banks have one row per training image)."""
+    if not any(m.needs_index for m in methods.values()):
+        return extras
+    return {**(extras or {}), "index": torch.arange(data.sizes["train"])}
 
 
 def distillation_T(cfg, methods) -> float:

@@ -99,12 +99,15 @@ class SelfDistiller(MixedPrecision):
         out = {"student/loss": ce, "student/loss_ce": ce, "student/logits": z}
         # The deepest classifier teaches: its outputs are targets, not paths for the heads' gradients.
         target_z, target_f = z.detach(), pooled(self._tap.outputs[self.deepest]).detach()
-        for (name, head), path in zip(self.methods.items(), self.head_paths):
+        for i, ((name, head), path) in enumerate(zip(self.methods.items(), self.head_paths)):
             f, z_i = head(self._tap.outputs[path])
             terms = {"loss_ce": self.ce_weight * F.cross_entropy(z_i, y),
                      # The paper's KL has no T^2 factor (Hinton's has): alpha = 0.3 is tuned without it.
-                     "loss_kd": self.kd_weight * soft_target_kl(z_i, target_z, self.T) / self.T ** 2,
-                     "loss_hint": self.feature_weight * byot_hint(f, target_f)}
+                     "loss_kd": self.kd_weight * soft_target_kl(z_i, target_z, self.T) / self.T ** 2}
+            # The authors' code hints every head but the one nearest the deepest classifier (its
+            # `index != 1` over the outputs, which it orders deepest first).
+            if i < len(self.head_paths) - 1:
+                terms["loss_hint"] = self.feature_weight * byot_hint(f, target_f)
             out.update({f"{name}/{k}": v for k, v in terms.items()})
             out.update({f"{name}/loss": sum(terms.values()), f"{name}/logits": z_i})
         out["loss"] = sum(v for k, v in out.items() if k.endswith("/loss"))
