@@ -29,14 +29,14 @@ from kdrun.cifar100_published import PAIRS, published
 
 DEFAULT_METHODS = ("none", "hinton", "dkd")
 LABELS = {"none": "student (labels only)", "hinton": "KD", "dkd": "DKD", "fitnet": "FitNet", "at": "AT", "sp": "SP",
-          "cc": "CC", "rkd": "RKD", "pkt": "PKT", "ab": "AB", "ft": "FT", "fsp": "FSP", "nst": "NST"}
+          "cc": "CC", "vid": "VID", "rkd": "RKD", "pkt": "PKT", "ab": "AB", "ft": "FT", "fsp": "FSP", "nst": "NST",
+          "crd": "CRD"}
 # Where kdrun's run is not RepDistiller's (mdistiller's) to the letter, the report says so by its row.
 CAVEATS = {
     "dkd": "no 20-epoch warm-up of the DKD term (mdistiller ramps it)",
-    "fitnet": "regressor: 1x1 conv + BN (RepDistiller: a 3x3 conv + BN + ReLU)",
+    "fitnet": "maps of different sizes: kdrun pools the larger (RepDistiller's regressor: a strided conv)",
     "cc": "another loss than RepDistiller's CC (kdrun's weight)",
     "ft": "another loss than RepDistiller's FT (kdrun's weight)",
-    "ab": "AB's per-layer weights are the method's own (see the preset)",
 }
 PROTOCOLS = {
     "validation": "kdrun's: `dataset.val_split` of the training images (5,000 of CIFAR-100's 50,000) are held out, "
