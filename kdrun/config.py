@@ -19,6 +19,7 @@ SCHEDULES = ("constant", "cosine", "multistep")
 SCHEMES = ("offline", "online", "self", "self_byot")
 COMBINES = ("auto", "mean_probs", "mean_logits")
 LIBRARIES = (None, "timm")
+PROTOCOLS = ("validation", "best_test_epoch")
 
 
 @dataclass
@@ -106,6 +107,10 @@ class DatasetConfig:
     test_subset: Optional[int] = None  # only N test images (quick checks); a fixed sample for image folders
     target: Optional[str] = None  # custom: a factory (pkg.module.fn) returning the train and test Datasets
     kwargs: Dict[str, Any] = field(default_factory=dict)  # custom: the factory's arguments
+    # validation: the best epoch is chosen on val_split, the test set is read once. best_test_epoch: the
+    # published CIFAR protocol (RepDistiller, mdistiller): all training images train, and the test set
+    # is evaluated after every epoch and its best epoch reported (for like-for-like comparisons only).
+    protocol: str = "validation"
 
 
 @dataclass
@@ -307,6 +312,8 @@ def check(cfg: DictConfig) -> None:
         _fail("dataset.std", list(d.std), "needs one value per channel, like dataset.mean")
     if any(s <= 0 for s in d.std):
         _fail("dataset.std", list(d.std), "every value must be > 0")
+    if d.protocol not in PROTOCOLS:
+        _fail("dataset.protocol", d.protocol, f"choose one of {', '.join(PROTOCOLS)}")
 
 
 def _check_logger(trackers: DictConfig) -> None:

@@ -23,6 +23,7 @@ from kdrun.losses.response import ensemble_logits
 from kdrun.engine import MetricsLog, evaluate, fit, reseed
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, count_parameters, logits_of, model_meta, pretrained_of, weights_identity
+from kdrun.models.cifar import checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ _NOT_IDENTITY = {"root", "num_workers", "prefetch_factor", "download"}
 # so the teachers already cached keep their digests.
 _ADDED_TEACHER = {"pretrained": False, "target": None, "library": None, "label_smoothing": 0.0,
                   "warmup_epochs": 0, "grad_clip": None}
-_ADDED_DATASET = {"test_subset": None, "resize_size": None, "target": None, "kwargs": {}}
+_ADDED_DATASET = {"test_subset": None, "resize_size": None, "target": None, "kwargs": {}, "protocol": "validation"}
 
 
 def _identity(node: dict, added: dict) -> dict:
@@ -108,9 +109,10 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
     model = build_from_config(node, data)
     meta = model_meta(node, data)
     if node.checkpoint:
-        load_weights(model, Path(node.checkpoint), "teacher.checkpoint", **meta)
+        path = checkpoint_file(node.checkpoint, node.name)  # a folder: RepDistiller's published teachers
+        load_weights(model, path, "teacher.checkpoint", **meta)
         model.to(device)
-        info = {"arch": node.name, "source": "checkpoint", "path": str(Path(node.checkpoint).resolve())}
+        info = {"arch": node.name, "source": "checkpoint", "path": str(path.resolve())}
         return model, {**info, **test_report(model, data, device)}
     published = pretrained_of(model)
     if published and published["num_classes"] == data.num_classes:

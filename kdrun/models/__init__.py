@@ -124,4 +124,4 @@ def model_meta(node, data) -> dict:
     return {"arch": node.name, "num_classes": data.num_classes, "in_channels": data.in_channels}
 
 
-from kdrun.models import lenet, mlp  # noqa: E402,F401  (registers the zoo)
+from kdrun.models import cifar, lenet, mlp  # noqa: E402,F401  (registers the zoo)

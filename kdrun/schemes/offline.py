@@ -16,6 +16,7 @@ from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, model_meta, pretrained_of
 from kdrun.schemes import RunContext, example_batch, log
+from kdrun.models.cifar import warn_small_maps
 from kdrun.speed import accelerate, speed_settings
 from kdrun.teachers import Ensemble, cached_train_logits, get_teachers, test_report
 
@@ -53,6 +54,7 @@ def distill(ctx: RunContext, methods: dict, teacher, teacher_info, role: str = "
     speed = {**speed_settings(cfg, device, student), "label_smoothing": cfg.student.label_smoothing}
     # Built with every method, so that the dry pass sizes all adapters before any training.
     full = Distiller(student, teacher, methods, ce_weight(cfg), example=example_batch(data, device), **speed)
+    warn_small_maps(full.layer_report, cfg.student.name, (teacher_info or {}).get("arch", cfg.student.name))
     if cfg.dry_run:
         return {"teacher": teacher_info, "layers": full.layer_report}
     ckpt_dir.mkdir(parents=True, exist_ok=True)
