@@ -10,6 +10,7 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+import kdrun
 from kdrun import Interrupted, KdrunError
 from kdrun.config import register_configs
 
@@ -40,8 +41,10 @@ def _main(cfg: DictConfig) -> float | None:
     from hydra.types import RunMode
 
     from kdrun.report import print_summary
+    from kdrun.rundir import Refused
     from kdrun.run import record_failure, run
 
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         summary = run(cfg)
     except Interrupted:  # Ctrl-C stops a whole sweep too: SystemExit is not caught by Hydra's launchers
@@ -49,7 +52,11 @@ def _main(cfg: DictConfig) -> float | None:
                  "resume=true hydra.run.dir=<this run's directory> (or hydra.sweep.dir=<the sweep's>)")
     except Exception as e:
         line = _user_error(e)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        first = ((line or f"{type(e).__name__}: {e}").strip().splitlines() or ["(no message)"])[0]
+        refused = isinstance(e, Refused)
+        if not refused:  # a refused run changed nothing in the directory, and records nothing there
+            record_failure(Path(HydraConfig.get().runtime.output_dir), first)
+        if not multirun:
             if line is None:
                 raise  # a traceback is for our bugs
             sys.exit(f"kdrun: error: {line}")
@@ -57,10 +64,7 @@ def _main(cfg: DictConfig) -> float | None:
         # others: its run directory records why, and the sweep's summary lists it as failed.
         if line is None:
             log.exception("the job failed")
-            line = f"{type(e).__name__}: {e}"
-        line = (line.strip().splitlines() or ["(no message)"])[0]
-        record_failure(Path(HydraConfig.get().runtime.output_dir), line)
-        log.error("kdrun: job failed: %s", line)
+        log.error("kdrun: job %s: %s", "refused" if refused else "failed", first)
         return None  # not a number: Optuna records the trial as failed and goes on
     if summary["status"] != "ok":  # a dry run printed its layer table already
         return None
@@ -68,8 +72,38 @@ def _main(cfg: DictConfig) -> float | None:
     return summary["student"]["best_val_acc"]  # what a sweeper may maximise: never the test set
 
 
+def _help() -> str:
+    """`kdrun --help`: the groups a user selects and their options (not `model`, which holds what
+    the teacher and student groups share), and where the other settings are."""
+    root = Path(_config_dir())
+    groups = {g: sorted(p.stem for p in (root / g).glob("*.yaml"))
+              for g in ("teacher", "student", "dataset", "kd", "scheme", "experiment") if (root / g).is_dir()}
+    notes = {"teacher": "  (several: teacher=[a,b] is an ensemble)", "kd": "  (several: kd=[hinton,at])",
+             "experiment": "  (a preset: +experiment=NAME)"}
+    lines = [f"kdrun {kdrun.__version__}: knowledge distillation experiments (PyTorch, Hydra)", "",
+             "usage: kdrun [GROUP=OPTION ...] [KEY=VALUE ...] [-m] [--cfg job] [--version] [--hydra-help]", "",
+             "Config groups (GROUP=OPTION):"]
+    lines += [f"  {'+' if g == 'experiment' else ''}{g}: {', '.join(opts)}{notes.get(g, '')}" for g, opts in groups.items()]
+    lines += ["", "Every setting is KEY=VALUE: T=8 alpha=0.5 teacher.lr=0.01 student.kwargs.dropout=0.3 "
+              "dataset.train_subset=2000 ...",
+              "  kdrun --cfg job ...    print the composed config (every key) and exit",
+              "  kdrun -m T=1,2,4 ...   a sweep; resume=true continues a run or a sweep",
+              "  kdrun --hydra-help     Hydra's own flags", "", "README.md describes every setting."]
+    return "\n".join(lines)
+
+
 def main() -> None:
-    _main()
+    args = sys.argv[1:]
+    if "--version" in args:
+        print(f"kdrun {kdrun.__version__}")
+        return
+    if "--help" in args or "-h" in args:
+        print(_help())
+        return
+    try:
+        _main()
+    except KeyboardInterrupt:  # Ctrl-C before training began (or after it ended): nothing to save
+        sys.exit("kdrun: interrupted")
 
 
 if __name__ == "__main__":

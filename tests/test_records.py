@@ -1,0 +1,103 @@
+"""Records you can trust: a run never shares its directory, a refused resume changes nothing, the
+metrics agree with the checkpoints, the caches know their data, and ordinary faults end in one line."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdrun import Interrupted, KdrunError
+from kdrun.run import run
+from tests.conftest import DATA_DIR, TINY, kdrun_cli, make_cfg
+from tests.test_resume import stop_in_epoch
+
+# A student from labels alone on a little fake data: a fraction of a second per run.
+BASE = ["dataset=fake", "dataset.num_train=160", "dataset.num_test=64", "kd=none", "student.batch_size=32"]
+WITH_TEACHER = [*BASE, "kd=hinton", "teacher=mlp800", "teacher.batch_size=32"]
+
+
+def _files(folder: Path) -> dict:
+    """Every file under `folder` (but locks), with its bytes: what a refused run must leave alone."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.endswith("lock")}
+
+
+def _epochs(run_dir: Path, model: str = "student") -> list[int]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["epoch"] for r in lines if r["model"] == model]
+
+
+# --- 1. one directory per run ------------------------------------------------------------------------
+
+def test_a_new_run_never_writes_into_a_folder_holding_another_run(tmp_path):
+    run(make_cfg(*BASE, tmp=tmp_path), tmp_path / "r")
+    before = _files(tmp_path / "r")
+    with pytest.raises(KdrunError, match=r"holds a run already: continue it with resume=true"):
+        run(make_cfg(*BASE, "seed=1", tmp=tmp_path), tmp_path / "r")
+    assert _files(tmp_path / "r") == before
+
+
+def test_two_runs_started_together_get_a_directory_each_and_a_wrong_resume_changes_nothing(tmp_path):
+    """Two processes given one hydra.run.dir: what two runs started in the same second get from the
+    timestamped default. Then a resume of one of them with another config, through Hydra."""
+    env = {**os.environ, "KDRUN_DATA_DIR": str(DATA_DIR)}
+    args = [*TINY, *BASE, f"hydra.run.dir={tmp_path / 'r'}", f"teacher_cache={tmp_path / 'teachers'}"]
+    procs = [subprocess.Popen([sys.executable, "-m", "kdrun", *args, f"seed={seed}"], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for seed in (0, 1)]
+    for p in procs:
+        assert p.wait(timeout=300) == 0, p.stderr.read()
+    dirs = sorted(d for d in tmp_path.iterdir() if d.name.startswith("r"))
+    assert [d.name for d in dirs] == ["r", "r_1"]
+    seeds = []
+    for d in dirs:  # each its own summary, metrics and Hydra record
+        summary = json.loads((d / "summary.json").read_text())
+        assert summary["run_dir"] == str(d) and _epochs(d) == [1]
+        assert f"seed={summary['seed']}" in yaml.safe_load((d / ".hydra" / "overrides.yaml").read_text())
+        seeds.append(summary["seed"])
+    assert sorted(seeds) == [0, 1]
+
+    before = _files(dirs[0])
+    proc = kdrun_cli(*args, f"seed={seeds[0]}", "student.lr=0.2", "resume=true", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"kdrun: error: resume=true: {dirs[0]} holds a complete run of another config; resume with the same "
+        "overrides (and the same order of sweep values) as before, or start a new run directory")
+    assert _files(dirs[0]) == before  # .hydra/ and kdrun.log included
+
+
+# --- 3. a refused resume changes nothing ---------------------------------------------------------------
+
+def test_a_refused_resume_trains_and_writes_nothing(tmp_path, monkeypatch):
+    run_dir, args = tmp_path / "r", [*WITH_TEACHER, "epochs=3"]
+    (run_dir / ".hydra").mkdir(parents=True)  # as Hydra writes it before every start
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- epochs=3\n")
+    with stop_in_epoch(3, monkeypatch), pytest.raises(Interrupted):  # the teacher's epoch, then the student's 1, 2
+        run(make_cfg(*args, tmp=tmp_path), run_dir)
+    assert _epochs(run_dir) == [1]
+    (run_dir / ".hydra" / "overrides.yaml").write_text("- epochs=3\n- teacher.epochs=2\n- resume=true\n")
+    teachers = sorted(os.listdir(tmp_path / "teachers"))
+
+    with pytest.raises(KdrunError, match=r"^resume=true: .* holds a run of another config"):
+        run(make_cfg(*args, "teacher.epochs=2", "resume=true", tmp=tmp_path), run_dir)
+    assert sorted(os.listdir(tmp_path / "teachers")) == teachers  # no teacher of the new recipe was trained
+    assert _epochs(run_dir, "teacher") == [1] and _epochs(run_dir) == [1]
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text() == "- epochs=3\n"  # the run's own record is back
+
+    summary = run(make_cfg(*args, "resume=true", tmp=tmp_path), run_dir)  # the right resume still works
+    assert summary["status"] == "ok" and _epochs(run_dir) == [1, 2, 3]
+
+
+# --- 5. resume=true with nothing to resume --------------------------------------------------------------
+
+def test_resume_with_nothing_to_resume_says_so_in_one_line(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="kdrun"):
+        summary = run(make_cfg(*BASE, "resume=true", tmp=tmp_path), tmp_path / "new")
+    assert summary["status"] == "ok"
+    said = [r.getMessage() for r in caplog.records if "resume=true" in r.getMessage()]
+    assert said == [f"resume=true: {tmp_path / 'new'} holds no run to resume; starting it from the beginning"]
