@@ -97,12 +97,13 @@ def read_job(path: Path, name: str) -> Job:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             summary = {"status": "failed", "error": f"summary.json is unreadable ({e})"}
     overrides_path = path / ".hydra" / "overrides.yaml"
-    if overrides_path.is_file():
+    if "overrides" in summary or not overrides_path.is_file():
+        # summary.json is written once, by the run; Hydra rewrites .hydra/ at every start of it.
+        items = summary.get("overrides") or []
+    else:  # a run still going, or killed
         from omegaconf import OmegaConf
 
         items = list(OmegaConf.load(overrides_path) or [])
-    else:  # hydra.output_subdir=null: the summary has them too
-        items = summary.get("overrides") or []
     return Job(name=name, path=path, overrides=parse_overrides(items), summary=summary)
 
 

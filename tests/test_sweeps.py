@@ -87,6 +87,32 @@ def test_kdrun_report_on_a_copied_sweep_reproduces_its_summary(failed_sweep, tmp
     assert _is_png(copy / "heatmap.png") and len(list((copy / "curves").glob("*.png"))) == 3
 
 
+def test_a_sweep_resumed_with_another_grid_keeps_every_complete_job(failed_sweep, tmp_path):
+    """The jobs are found by number: with val_split=0.2 instead of 0.1, jobs 0 and 2 are another config.
+    They are refused, and left exactly as they were: results, metrics and Hydra's record."""
+    sweep, _ = failed_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    kept = {job: {name: (copy / job / name).read_bytes() for name in
+                  ("summary.json", "metrics.jsonl", ".hydra/overrides.yaml", ".hydra/config.yaml")} for job in "023"}
+    proc = kdrun_cli("-m", *FAKE, "dataset.num_train=300,600", "dataset.val_split=0.2,400", "resume=true",
+                     f"hydra.sweep.dir={copy}", f"teacher_cache={sweep.parent / 'teachers'}", cwd=tmp_path)
+    for job, files in kept.items():
+        assert {name: (copy / job / name).read_bytes() for name in files} == files, f"job {job} was changed"
+    assert (proc.stdout + proc.stderr).count("holds a complete run of another config") == 2
+    rows = {r["job"]: r for r in _csv(copy / "summary.csv")}
+    assert [(rows[j]["status"], rows[j]["dataset.val_split"]) for j in "0123"] == [
+        ("ok", "0.1"), ("failed", "400"), ("ok", "0.1"), ("ok", "400")]
+
+
+def test_kdrun_report_trusts_summary_json_over_hydra(tmp_path):
+    """.hydra/ is rewritten at every start of a run; summary.json is written once, by the run itself."""
+    _fake_job(tmp_path / "sweep" / "0", ["T=2"], 0.9)
+    summary_path = tmp_path / "sweep" / "0" / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "overrides": ["T=1"]}))
+    assert [r["T"] for r in summarise(read_jobs([tmp_path / "sweep"])).rows] == ["1"]
+
+
 def test_kdrun_report_is_a_console_script():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["kdrun-report"] == "kdrun.report:main"
