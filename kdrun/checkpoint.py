@@ -1,6 +1,7 @@
 """Checkpoints: written atomically, read with weights_only=True so a file can never run code."""
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 from pathlib import Path
@@ -15,13 +16,25 @@ from kdrun import KdrunError
 def save_checkpoint(obj: Any, path: Path) -> None:
     """Writes to a temporary file in the same folder, then renames: a crash never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(obj, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Through a Python file: a full disk is an OSError that says so (torch's own writer, given a
+        # path, reports it as a failed assertion in its zip code).
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
         os.replace(tmp, path)
+    except OSError as e:
+        raise unwritable(path, e) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def unwritable(path: Path, error: OSError) -> KdrunError:
+    """The one line for a file kdrun cannot write: a full disk, a read-only folder, a name too long."""
+    return KdrunError(f"cannot write {path} ({error.strerror or error}): free some space, or make the folder "
+                      "writable; then run again with resume=true to continue from the last saved epoch")
 
 
 def load_checkpoint(path: Path, setting: str) -> Any:
@@ -70,5 +83,10 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise unwritable(path, e) from None

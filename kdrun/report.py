@@ -6,7 +6,6 @@ and the `kdrun-report` command; the summarising itself is in kdrun/sweep.py.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -18,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kdrun import KdrunError
-from kdrun.sweep import (aggregate_seeds, format_value, is_grid, rank, read_jobs, short, summarise, swept_keys, to_csv,
-                         to_markdown)
+from kdrun.sweep import (aggregate_seeds, format_value, is_grid, rank, read_jobs, read_lines, short, summarise, swept_keys,
+                         to_csv, to_markdown)
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +163,7 @@ def write_report(paths: list[Path], out_dir: Path, console: Optional[Console] = 
         written.append("lineplot.png")
     curves = 0
     for job in jobs:
-        records = _read_metrics(job.path / "metrics.jsonl")
+        records = read_lines(job.path / "metrics.jsonl")
         if records:
             (out_dir / "curves").mkdir(exist_ok=True)
             title = f"job {job.name}: " + (" ".join(f"{k}={v}" for k, v in job.overrides.items()) or "defaults")
@@ -179,18 +178,6 @@ def write_report(paths: list[Path], out_dir: Path, console: Optional[Console] = 
     console.print(f"{len(jobs)} jobs: {counts['ok']} ok, {counts['failed']} failed, {counts['missing']} missing. "
                   f"Written to {out_dir}: {', '.join(written)}", highlight=False)
     return {"jobs": len(jobs), **counts, "written": written}
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a killed job: the others still plot
-            continue
-    return records
 
 
 class SweepSummary(Callback):

@@ -107,6 +107,19 @@ def read_job(path: Path, name: str) -> Job:
     return Job(name=name, path=path, overrides=parse_overrides(items), summary=summary)
 
 
+def read_lines(path: Path) -> list[dict]:
+    """A JSON-lines file (metrics.jsonl): every complete line; a line cut short by a killed run is skipped."""
+    if not Path(path).is_file():
+        return []
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
 def natural_key(name: str) -> list:
     """Job "10" after job "9"."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]

@@ -103,7 +103,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(KdrunError, match=r"^cannot write .*ck.pt \(disk full\)"):
         save_checkpoint({"epoch": 2}, path)
     assert torch.load(path, weights_only=True) == {"epoch": 1}  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # and no temporary file is left

@@ -101,3 +101,43 @@ def test_resume_with_nothing_to_resume_says_so_in_one_line(tmp_path, caplog):
     assert summary["status"] == "ok"
     said = [r.getMessage() for r in caplog.records if "resume=true" in r.getMessage()]
     assert said == [f"resume=true: {tmp_path / 'new'} holds no run to resume; starting it from the beginning"]
+
+
+# --- 4. metrics.jsonl agrees with the checkpoints -------------------------------------------------------
+
+def _lines(run_dir: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_sec")} for r in lines]
+
+
+def test_a_full_disk_at_a_checkpoint_ends_in_one_line_and_the_resume_writes_no_duplicate(tmp_path, monkeypatch):
+    import torch
+
+    args = [*BASE, "epochs=2"]
+    run(make_cfg(*args, tmp=tmp_path), tmp_path / "full")
+    save = torch.save
+
+    def full_disk(obj, f, *a, **kw):  # the first resume checkpoint goes to a device that is full
+        if ".student_last.pt" in str(getattr(f, "name", f)):
+            with open("/dev/full", "wb") as device:
+                return save(obj, device, *a, **kw)
+        return save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(KdrunError, match=r"^cannot write .*student_last.pt \(No space left on device\): free some "
+                                         r"space.*resume=true"):
+        run(make_cfg(*args, tmp=tmp_path), tmp_path / "cut")
+    monkeypatch.setattr(torch, "save", save)
+    run(make_cfg(*args, "resume=true", tmp=tmp_path), tmp_path / "cut")
+    assert _lines(tmp_path / "cut") == _lines(tmp_path / "full")
+
+
+def test_a_line_cut_short_by_a_kill_does_not_stop_the_resume(tmp_path, monkeypatch):
+    args = [*BASE, "epochs=3"]
+    run(make_cfg(*args, tmp=tmp_path), tmp_path / "full")
+    with stop_in_epoch(3, monkeypatch), pytest.raises(Interrupted):
+        run(make_cfg(*args, tmp=tmp_path), tmp_path / "cut")
+    with (tmp_path / "cut" / "metrics.jsonl").open("a") as f:
+        f.write('{"model": "student", "epoch": 3, "lr"')  # killed while writing
+    run(make_cfg(*args, "resume=true", tmp=tmp_path), tmp_path / "cut")
+    assert _lines(tmp_path / "cut") == _lines(tmp_path / "full")
