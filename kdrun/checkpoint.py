@@ -42,15 +42,32 @@ def load_checkpoint(path: Path, setting: str) -> Any:
     if not path.is_file():
         raise KdrunError(f"{setting}={path}: no such file; give the path of a checkpoint (.pt) file")
     try:
+        with path.open("rb") as f:
+            # torch.save writes a zip archive (before PyTorch 1.6, a pickle): anything else is no checkpoint.
+            is_torch = f.read(4) == b"PK\x03\x04" or f.seek(0) == 0 and f.read(1) == b"\x80"
+    except OSError as e:
+        raise KdrunError(f"{setting}={path}: could not read it ({e.strerror or e})") from None
+    if not is_torch:
+        raise KdrunError(f"{setting}={path}: not a PyTorch checkpoint (not a file written by torch.save); give the "
+                         "path of a .pt file saved with torch.save")
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
+        first = _first_line(e)
         raise KdrunError(
             f"{setting}={path}: refused, it holds more than tensors and plain values ({first}); kdrun loads "
             "weights only (torch.load(weights_only=True)): save model.state_dict() instead"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise KdrunError(f"{setting}={path}: not a readable PyTorch checkpoint ({e})") from None
+    except OSError as e:
+        raise KdrunError(f"{setting}={path}: could not read it ({e.strerror or e})") from None
+    except Exception as e:  # EOFError, RuntimeError (zip), KeyError...: a checkpoint cut short or altered
+        raise KdrunError(f"{setting}={path}: a damaged PyTorch checkpoint, cut short or altered ({_first_line(e)})") \
+            from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[0][:160] if lines else type(e).__name__)
 
 
 def weights_record(model: nn.Module, arch: str, num_classes: int, in_channels: int, **extra: Any) -> dict:

@@ -141,3 +141,53 @@ def test_a_line_cut_short_by_a_kill_does_not_stop_the_resume(tmp_path, monkeypat
         f.write('{"model": "student", "epoch": 3, "lr"')  # killed while writing
     run(make_cfg(*args, "resume=true", tmp=tmp_path), tmp_path / "cut")
     assert _lines(tmp_path / "cut") == _lines(tmp_path / "full")
+
+
+# --- 2. the teacher cache knows its data ---------------------------------------------------------------
+
+def test_the_teacher_cache_is_keyed_by_the_data_and_reports_what_it_measures(tmp_path):
+    from tests.datasets import write_image_folder
+
+    for folder, seed in (("a", 0), ("b", 1)):  # the same layout and names, other images
+        write_image_folder(tmp_path / folder / "imgs", per_class=8, size=12, seed=seed)
+    args = ["dataset=image_folder", "dataset.root=imgs", "dataset.image_size=12", "dataset.num_workers=0",
+            "teacher=mlp800", "student=mlp800", "teacher.batch_size=16", "student.batch_size=16"]
+    first = run(make_cfg(*args, f"data_dir={tmp_path / 'a'}", tmp=tmp_path), tmp_path / "r1")
+    other = run(make_cfg(*args, f"data_dir={tmp_path / 'b'}", tmp=tmp_path), tmp_path / "r2")
+    assert other["teacher"]["source"] == "trained" and other["teacher"]["digest"] != first["teacher"]["digest"]
+
+    # A cached teacher's test accuracy is measured on the data at hand, not read back from meta.json.
+    folder = Path(first["teacher"]["path"]).parent
+    meta = json.loads((folder / "meta.json").read_text())
+    (folder / "meta.json").write_text(json.dumps({**meta, "report": {**meta["report"], "test_acc": 0.123}}))
+    again = run(make_cfg(*args, f"data_dir={tmp_path / 'a'}", tmp=tmp_path), tmp_path / "r3")
+    assert again["teacher"]["source"] == "cache" and again["teacher"]["test_acc"] == first["teacher"]["test_acc"]
+
+    (folder / "teacher.pt").write_bytes(b"half a checkpoint")  # a corrupt cached teacher names what to delete
+    with pytest.raises(KdrunError, match=rf"^teacher cache={folder}/teacher.pt: not a PyTorch checkpoint.*; "
+                                         rf"delete {folder} to train the teacher again$"):
+        run(make_cfg(*args, f"data_dir={tmp_path / 'a'}", tmp=tmp_path), tmp_path / "r4")
+
+
+# --- ordinary faults end in one line -------------------------------------------------------------------
+
+@pytest.mark.parametrize("content", [b"just some text\n", b"", bytes(range(255, -1, -1)) * 8])
+def test_a_file_that_is_no_checkpoint_is_called_so(tmp_path, content):
+    from kdrun.checkpoint import load_checkpoint
+
+    (tmp_path / "x.pt").write_bytes(content)
+    with pytest.raises(KdrunError) as e:
+        load_checkpoint(tmp_path / "x.pt", "teacher.checkpoint")
+    assert str(e.value) == (f"teacher.checkpoint={tmp_path / 'x.pt'}: not a PyTorch checkpoint (not a file written "
+                            "by torch.save); give the path of a .pt file saved with torch.save")
+
+
+def test_a_checkpoint_cut_short_is_called_damaged(tmp_path):
+    import torch
+
+    from kdrun.checkpoint import load_checkpoint
+
+    torch.save({"model": torch.zeros(100)}, tmp_path / "x.pt")
+    (tmp_path / "x.pt").write_bytes((tmp_path / "x.pt").read_bytes()[:300])
+    with pytest.raises(KdrunError, match=r"x.pt: a damaged PyTorch checkpoint, cut short or altered \(\S"):
+        load_checkpoint(tmp_path / "x.pt", "teacher.checkpoint")

@@ -9,7 +9,7 @@ import torchvision
 from torchvision import transforms
 
 from kdrun import KdrunError
-from kdrun.data import DataBundle, register_dataset, split_indices
+from kdrun.data import DataBundle, fingerprint, register_dataset, sample, split_indices
 from kdrun.data.memory import TensorLoader
 
 
@@ -45,6 +45,10 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
         "val": (train_x[va_idx], train_y[va_idx]),
         "test": (test_x, test_y),
     }
+    # Every split's shape and labels and a spread sample of its images: cheap, and no two datasets
+    # (or subsets, or splits) that a teacher could tell apart share it.
+    digest = fingerprint(part for name, (x, y) in splits.items()
+                         for part in (f"{name}{tuple(x.shape)}".encode(), y.long(), x[sample(len(x))]))
     splits = {k: (x.contiguous().to(device), y.long().to(device)) for k, (x, y) in splits.items()}
 
     def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
@@ -64,6 +68,7 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
         image_size=train_x.shape[-1],
         sizes={k: len(y) for k, (_, y) in splits.items()},
         make_loader=make_loader,
+        fingerprint=digest,
     )
 
 
@@ -165,6 +170,11 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
     tr, va = split_indices(len(pool), cfg.val_split, cfg.split_seed)
     indices = {"train": pool[tr], "val": pool[va], "test": test_idx}
     source = {"train": tree, "val": tree, "test": test_tree}
+    # The file list, the splits, and the bytes of a few files spread over each tree.
+    files = [(Path(p).relative_to(d).as_posix(), c) for t, d in ((tree, train_dir), (test_tree, test_dir or root))
+             for p, c in t.samples]
+    read = [Path(t.samples[i][0]).read_bytes() for t in (tree, test_tree) for i in sample(len(t), 32).tolist()]
+    digest = fingerprint([repr(files).encode(), *indices.values(), *read])
 
     def with_transform(ds, transform):  # a shallow copy shares the scanned file list
         ds = copy.copy(ds)
@@ -191,4 +201,5 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
         sizes={k: len(v) for k, v in indices.items()},
         make_loader=make_loader,
         in_memory=False,
+        fingerprint=digest,
     )
