@@ -6,6 +6,7 @@ that names the setting and how to fix it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -168,11 +169,26 @@ def _fail(setting: str, value: Any, why: str) -> None:
     raise KdrunError(f"{setting}={value}: {why}")
 
 
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """NaN or inf anywhere (T=nan, dataset.val_split=inf) would pass every range check below and
+    surface as a NaN loss blamed on the learning rate."""
+    items = list(node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ())
+    # A level's own values first: T=nan is reported as T, not as kd.hinton.T (which is ${T}).
+    for key, value in sorted(items, key=lambda kv: isinstance(kv[1], (dict, list))):
+        name = f"{prefix}.{key}" if prefix and isinstance(key, str) else f"{prefix}[{key}]" if prefix else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail(name, value, "must be a finite number")
+        _check_finite(value, name)
+
+
 def _check_recipe(prefix: str, m: DictConfig) -> None:
     if m.epochs < 1:
         _fail(f"{prefix}.epochs", m.epochs, "must be at least 1")
-    if m.batch_size < 1:
-        _fail(f"{prefix}.batch_size", m.batch_size, "must be at least 1")
+    if m.batch_size < 2:
+        _fail(f"{prefix}.batch_size", m.batch_size, "must be at least 2 (a batch of one image cannot train: batch "
+              "norm and the batch statistics of some methods need two)")
+    if not 0 <= m.momentum < 1:
+        _fail(f"{prefix}.momentum", m.momentum, "must be in [0, 1)")
     if m.lr <= 0:
         _fail(f"{prefix}.lr", m.lr, "the learning rate must be > 0")
     if m.weight_decay < 0:
@@ -185,6 +201,7 @@ def _check_recipe(prefix: str, m: DictConfig) -> None:
 
 def check(cfg: DictConfig) -> None:
     """Checks values a type cannot; raises KdrunError naming the setting and the fix."""
+    _check_finite(plain(cfg))
     if cfg.T <= 0:
         _fail("T", cfg.T, "the temperature must be > 0 (e.g. T=4)")
     if not 0 <= cfg.alpha <= 1:
@@ -220,6 +237,30 @@ def check(cfg: DictConfig) -> None:
         _fail("dataset.std", list(d.std), "needs one value per channel, like dataset.mean")
     if any(s <= 0 for s in d.std):
         _fail("dataset.std", list(d.std), "every value must be > 0")
+    if d.name == "fake":
+        for key, least in (("num_train", 2), ("num_test", 1), ("num_classes", 2), ("channels", 1), ("image_size", 1)):
+            if d[key] is None or d[key] < least:
+                _fail(f"dataset.{key}", d[key], f"the fake dataset needs at least {least} "
+                      f"{'image' if key.startswith('num_t') else key.replace('num_', '')}{'s' if least > 1 else ''}")
+    for name, method in cfg.kd.items():
+        if isinstance(method, DictConfig) and "weight" in method and method.weight < 0:
+            _fail(f"kd.{name}.weight", method.weight, "a method's weight must be >= 0")
+
+
+def check_data(cfg: DictConfig, num_classes: int) -> None:
+    """The checks that need the data's class count: excluded classes exist, and some are left."""
+    recipes = {"student": cfg.student}
+    if cfg.kd and cfg.scheme.name != "self":
+        recipes.update({("teacher" if n == "teacher" else f"teacher.members.{n.split('.')[0]}"): node
+                        for n, node in teacher_members(cfg).items()})
+    for prefix, node in recipes.items():
+        excluded = set(node.exclude_classes)
+        if excluded - set(range(num_classes)):
+            _fail(f"{prefix}.exclude_classes", list(node.exclude_classes),
+                  f"the data has classes 0..{num_classes - 1} only")
+        if len(excluded) >= num_classes:
+            _fail(f"{prefix}.exclude_classes", list(node.exclude_classes),
+                  f"leaves none of the {num_classes} classes to train on")
 
 
 def _check_scheme(s: DictConfig) -> None:

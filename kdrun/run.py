@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 import kdrun
 from kdrun import KdrunError, rundir
 from kdrun.checkpoint import write_json_atomic
-from kdrun.config import ce_weight, check, check_overrides, plain
+from kdrun.config import ce_weight, check, check_data, check_overrides, plain
 from kdrun.data import build_data
 from kdrun.engine import MetricsLog
 from kdrun.schemes import RunContext, get_scheme
@@ -140,6 +140,7 @@ def _run(cfg: DictConfig, run_dir: Path, digest: str) -> dict:
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.dataset, cfg.data_dir, device)
+    check_data(cfg, data.num_classes)
     log.info("data: %s, %s train / %s val / %s test images, %d classes, on %s", data.name, data.sizes["train"],
              data.sizes["val"], data.sizes["test"], data.num_classes, device)
     with stop_on_signals() as should_stop:
