@@ -223,3 +223,50 @@ def test_layer_checks_come_before_the_teacher_trains(tmp_path, args, message):
     with pytest.raises(KdrunError, match=message):
         run(make_cfg(*WITH_TEACHER, *args, tmp=tmp_path), tmp_path / "r")
     assert not (tmp_path / "teachers").exists()
+
+
+def _write_idx(path: Path, array) -> None:
+    """An IDX file as MNIST's: a magic number (uint8, dimension count), the sizes, the bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(header + array.tobytes())
+
+
+def test_a_corrupt_or_unreadable_data_file_is_not_called_missing(tmp_path):
+    import numpy as np
+
+    raw = tmp_path / "MNIST" / "raw"
+    for split, n in (("train", 40), ("t10k", 20)):
+        _write_idx(raw / f"{split}-images-idx3-ubyte", np.zeros((n, 28, 28), np.uint8))
+        _write_idx(raw / f"{split}-labels-idx1-ubyte", np.arange(n, dtype=np.uint8) % 10)
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:5000])  # cut short
+    cfg = make_cfg(*BASE, "dataset=mnist", f"data_dir={tmp_path}", tmp=tmp_path)
+    with pytest.raises(KdrunError, match=rf"^dataset=mnist: {images} is corrupt \(not an IDX file of images of the "
+                                         r"size its header gives\); replace it"):
+        run(cfg, tmp_path / "r1")
+    images.unlink()
+    images.mkdir()  # a file that exists but cannot be read
+    with pytest.raises(KdrunError, match=rf"^dataset=mnist: could not read {images} \(Is a directory\)"):
+        run(cfg, tmp_path / "r2")
+
+
+def test_cifar_files_that_are_not_the_originals_are_called_corrupt(tmp_path):
+    from tests.datasets import write_cifar
+
+    write_cifar(tmp_path, 10, per_batch=4)  # readable, but not the files whose md5 torchvision knows
+    with pytest.raises(KdrunError, match=r"^dataset=cifar10: .*cifar-10-batches-py/data_batch_1 is corrupt \(its md5"):
+        run(make_cfg(*BASE, "dataset=cifar10", f"data_dir={tmp_path}", tmp=tmp_path), tmp_path / "r")
+
+
+def test_an_unreadable_image_is_named(tmp_path):
+    from tests.datasets import write_image_folder
+
+    write_image_folder(tmp_path / "imgs", per_class=4, size=12)
+    (tmp_path / "imgs" / "dog" / "2.png").write_bytes(b"not a png")
+    args = ["dataset=image_folder", f"dataset.root={tmp_path / 'imgs'}", "dataset.image_size=12",
+            "dataset.num_workers=1", "dataset.val_split=0", "student.batch_size=4"]
+    with pytest.raises(KdrunError) as e:  # read by a DataLoader worker process
+        run(make_cfg(*BASE, *args, tmp=tmp_path), tmp_path / "r")
+    assert str(e.value) == (f"dataset.root: cannot read the image {tmp_path / 'imgs' / 'dog' / '2.png'} (cannot "
+                            "identify image file); remove it or replace it with an intact image")

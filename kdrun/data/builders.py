@@ -72,13 +72,43 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
     )
 
 
+def _unreadable(cfg_name: str, path: Path, error: OSError) -> KdrunError:
+    return KdrunError(f"dataset={cfg_name}: could not read {path} ({error.strerror or error}); check the file and its "
+                      "permissions (a network or disk fault may pass: then run again)")
+
+
+def _corrupt(cfg_name: str, path: Path, expected: str) -> KdrunError:
+    return KdrunError(f"dataset={cfg_name}: {path} is corrupt ({expected}); replace it with an intact copy of the "
+                      "original file")
+
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
 def _idx_dataset(cls, cfg, root: Path, device, num_classes: int) -> DataBundle:
-    # torchvision's MNIST/FashionMNIST hold the decoded IDX files as uint8 tensors in .data
-    try:
-        train, test = cls(str(root), train=True), cls(str(root), train=False)
-    except RuntimeError:
-        raise _missing(cfg.name, cls.__name__, root, f"{root / cls.__name__ / 'raw'}/train-images-idx3-ubyte etc.") from None
-    return _in_memory(cfg, train.data, train.targets, test.data, test.targets, num_classes, device)
+    """The four IDX files torchvision's MNIST/FashionMNIST read, read with torchvision's own readers,
+    so that a missing, a corrupt and an unreadable file are each reported as what they are."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    raw = root / cls.__name__ / "raw"
+    if not all((raw / name).exists() for name in IDX_FILES):
+        raise _missing(cfg.name, cls.__name__, root, f"{raw}/train-images-idx3-ubyte etc.")
+    arrays = {}
+    for name in IDX_FILES:
+        images = "images" in name
+        try:
+            arrays[name] = (read_image_file if images else read_label_file)(str(raw / name))
+        except OSError as e:
+            raise _unreadable(cfg.name, raw / name, e) from None
+        except Exception:  # a wrong magic number, a file cut short: torchvision's readers assert and reshape
+            raise _corrupt(cfg.name, raw / name, f"not an IDX file of {'images' if images else 'labels'} of the "
+                           "size its header gives") from None
+    for split in ("train", "t10k"):
+        x, y = arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"]
+        if len(x) != len(y):
+            raise _corrupt(cfg.name, raw / f"{split}-labels-idx1-ubyte", f"{len(y)} labels for {len(x)} images")
+    return _in_memory(cfg, arrays[IDX_FILES[0]], arrays[IDX_FILES[1]], arrays[IDX_FILES[2]], arrays[IDX_FILES[3]],
+                      num_classes, device)
 
 
 @register_dataset
@@ -94,8 +124,18 @@ def fashion_mnist(cfg, root: Path, device) -> DataBundle:
 def _cifar(cls, cfg, root: Path, device) -> DataBundle:
     try:
         train, test = cls(str(root), train=True), cls(str(root), train=False)
-    except RuntimeError:
-        raise _missing(cfg.name, cls.__name__, root, f"{root / cls.base_folder} with the original, md5-checked files") from None
+    except OSError as e:
+        raise _unreadable(cfg.name, Path(e.filename or root / cls.base_folder), e) from None
+    except RuntimeError:  # torchvision says "not found or corrupted": which one, and which file?
+        from torchvision.datasets.utils import check_integrity
+
+        files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
+        missing = [root / cls.base_folder / name for name, _ in files if not (root / cls.base_folder / name).is_file()]
+        if missing:
+            raise _missing(cfg.name, cls.__name__, root, f"{missing[0]} among the original files") from None
+        bad = next(root / cls.base_folder / name for name, md5 in files
+                   if not check_integrity(str(root / cls.base_folder / name), md5))
+        raise _corrupt(cfg.name, bad, "its md5 is not that of the original file") from None
 
     def to_tensors(ds):  # .data is N, H, W, C uint8 (numpy); .targets a list
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
@@ -154,8 +194,8 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     train_dir = root / "train" if (root / "train").is_dir() and test_dir else root
     try:
-        tree = torchvision.datasets.ImageFolder(str(train_dir))
-        test_tree = torchvision.datasets.ImageFolder(str(test_dir)) if train_dir != root else tree
+        tree = torchvision.datasets.ImageFolder(str(train_dir), loader=_load_image)
+        test_tree = torchvision.datasets.ImageFolder(str(test_dir), loader=_load_image) if train_dir != root else tree
     except (FileNotFoundError, RuntimeError) as e:
         raise KdrunError(f"dataset.root={root}: {e}") from None
     if test_tree.classes != tree.classes:
@@ -184,14 +224,14 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
     def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
         ds = with_transform(source[split], augmented if augment else plain)
         chosen = [i for i in indices[split].tolist() if ds.targets[i] not in exclude]
-        return torch.utils.data.DataLoader(
+        return _OneLineErrors(torch.utils.data.DataLoader(
             torch.utils.data.Subset(ds, chosen),
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=cfg.num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=False,
-        )
+        ))
 
     return DataBundle(
         name=cfg.name,
@@ -203,3 +243,33 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
         in_memory=False,
         fingerprint=digest,
     )
+
+
+def _load_image(path: str):
+    """torchvision's loader (PIL, RGB), naming the file that cannot be read."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except OSError as e:  # PIL's UnidentifiedImageError (not an image, cut short) is an OSError too
+        why = e.strerror or str(e).split(" <")[0] or type(e).__name__
+        raise KdrunError(f"dataset.root: cannot read the image {path} ({why}); remove it "
+                         "or replace it with an intact image") from None
+
+
+class _OneLineErrors:
+    """A DataLoader whose workers' errors keep their one line: torch re-raises an error of a worker
+    with the worker's traceback in its message."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        try:
+            yield from self.loader
+        except KdrunError as e:
+            raise KdrunError(str(e).strip().splitlines()[-1].removeprefix("kdrun.KdrunError: ")) from None
