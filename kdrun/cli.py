@@ -12,17 +12,16 @@ from omegaconf.errors import MissingMandatoryValue
 
 import kdrun
 from kdrun import Interrupted, KdrunError
-from kdrun.config import register_configs
+from kdrun.config import config_dir, register_configs
 
 log = logging.getLogger(__name__)
 
 
-def _config_dir() -> str:
-    packaged = Path(__file__).parent / "configs"  # an installed wheel carries them here
-    return str(packaged if packaged.is_dir() else Path(__file__).parent.parent / "configs")
-
-
 register_configs()
+
+
+def _config_dir() -> str:  # bench.py and reproduce.py compose the config with it
+    return str(config_dir())
 
 
 def _user_error(e: Exception) -> Optional[str]:
@@ -35,7 +34,7 @@ def _user_error(e: Exception) -> Optional[str]:
     return None
 
 
-@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
@@ -75,7 +74,7 @@ def _main(cfg: DictConfig) -> float | None:
 def _help() -> str:
     """`kdrun --help`: the groups a user selects and their options (not `model`, which holds what
     the teacher and student groups share), and where the other settings are."""
-    root = Path(_config_dir())
+    root = config_dir()
     groups = {g: sorted(p.stem for p in (root / g).glob("*.yaml"))
               for g in ("teacher", "student", "dataset", "kd", "scheme", "experiment") if (root / g).is_dir()}
     notes = {"teacher": "  (several: teacher=[a,b] is an ensemble)", "kd": "  (several: kd=[hinton,at])",

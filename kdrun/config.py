@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -19,6 +20,18 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep")
 SCHEMES = ("offline", "online", "self", "self_byot")
 COMBINES = ("mean_probs", "mean_logits")
+
+
+def config_dir() -> Path:
+    """configs/: inside the package in an installed wheel, at the top of a checkout."""
+    packaged = Path(__file__).parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "configs"
+
+
+def _open_dict() -> DictConfig:
+    # A node that takes new keys on the command line without `+` (student.kwargs.dropout=0.3): the
+    # rest of the config stays strict, so a misspelt key anywhere else is still an error.
+    return DictConfig({}, flags={"struct": False})
 
 
 @dataclass
@@ -35,7 +48,7 @@ class ModelConfig:
     """An architecture plus the recipe that trains it (shared by the teacher and student groups)."""
 
     name: str = MISSING  # a kdrun model (mlp1200, lenet5, ...) or any torchvision classifier
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # extra arguments of the model factory
+    kwargs: Dict[str, Any] = field(default_factory=_open_dict)  # extra arguments of the model factory
     min_input_size: Optional[int] = None  # upsample smaller inputs (e.g. VGG's 5 poolings need 32)
     epochs: int = 10
     batch_size: int = 128
@@ -60,10 +73,11 @@ class MemberConfig(ModelConfig):
 
 @dataclass
 class TeacherConfig(MemberConfig):
-    # Every teacher option also files a copy of itself here, so `teacher=[resnet18,lenet5]` (Hydra's
-    # multiple selection, which merges the options' top-level keys) keeps each member whole. With one
-    # member the top-level keys are the teacher; with several, these entries are.
-    members: Dict[str, MemberConfig] = field(default_factory=dict)
+    # Every teacher option files its name here, so that `teacher=[resnet18,lenet5]` (Hydra's multiple
+    # selection, which merges the options' top-level keys) knows its members. With one option the
+    # top-level keys are the teacher; with several, each member is its own configs/model/<option>.yaml
+    # changed by the keys given here (teacher.members.lenet5.epochs=5).
+    members: Dict[str, Any] = field(default_factory=_open_dict)
     ensemble_seeds: List[int] = field(default_factory=list)  # an ensemble of each member over these seeds
 
 
@@ -219,10 +233,10 @@ def check(cfg: DictConfig) -> None:
         _fail("ensemble.combine", cfg.ensemble.combine, f"choose one of {', '.join(COMBINES)}")
     teacher_members(cfg)  # checks the ensemble's settings
     # Several options selected: each member's own recipe is used, the merged top level is not.
-    several = cfg.teacher.members if len(cfg.teacher.members) > 1 else {}
-    for option, node in several.items():
-        _check_recipe(f"teacher.members.{option}", node)
-    if not several:
+    if len(cfg.teacher.members) > 1:
+        for option, node in member_options(cfg).items():
+            _check_recipe(f"teacher.members.{option}", node)
+    else:
         _check_recipe("teacher", cfg.teacher)
     _check_scheme(cfg.scheme)
     _check_recipe("student", cfg.student)
@@ -282,19 +296,11 @@ def teacher_members(cfg: DictConfig) -> Dict[str, DictConfig]:
     """The teacher's config nodes by name: {"teacher": cfg.teacher} for one teacher; for an ensemble
     (several options selected, or teacher.ensemble_seeds), one node per member and seed, named
     `<option>` or `<option>.s<seed>`, each with its seed filled in."""
-    from omegaconf import OmegaConf
-
     t = cfg.teacher
-    several = len(t.members) > 1
-    if not several and not t.ensemble_seeds:
+    if len(t.members) < 2 and not t.ensemble_seeds:
         return {"teacher": t}
-    if several and t.checkpoint:
-        _fail("teacher.checkpoint", t.checkpoint, "an ensemble takes one checkpoint per member: set "
-              "teacher.members.<option>.checkpoint instead")
-    bases = dict(t.members) if several else {t.name: t}
     out = {}
-    for option, node in bases.items():
-        node = OmegaConf.masked_copy(node, [k for k in node if k not in ("members", "ensemble_seeds")])
+    for option, node in member_options(cfg).items():
         for seed in t.ensemble_seeds or [None]:
             member = node.copy()
             if seed is not None:
@@ -303,6 +309,30 @@ def teacher_members(cfg: DictConfig) -> Dict[str, DictConfig]:
                           f"the member {option} is loaded from a checkpoint, which has no seed to vary")
                 member.seed = int(seed)
             out[option if seed is None else f"{option}.s{seed}"] = member
+    return out
+
+
+def member_options(cfg: DictConfig) -> Dict[str, DictConfig]:
+    """The teacher's options, each a whole config: with several selected (teacher=[a,b]), each is its
+    configs/model/<option>.yaml changed by teacher.members.<option>.*; with one, the teacher itself."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    t = cfg.teacher
+    if len(t.members) < 2:
+        return {t.name: OmegaConf.masked_copy(t, [k for k in t if k not in ("members", "ensemble_seeds")])}
+    if t.checkpoint:
+        _fail("teacher.checkpoint", t.checkpoint, "an ensemble takes one checkpoint per member: set "
+              "teacher.members.<option>.checkpoint instead")
+    out = {}
+    for option, changes in t.members.items():
+        path = config_dir() / "model" / f"{option}.yaml"
+        if not path.is_file():
+            _fail("teacher", option, f"no model config {path} for this member of the ensemble")
+        try:
+            out[option] = OmegaConf.merge(OmegaConf.structured(MemberConfig), OmegaConf.load(path), changes)
+        except OmegaConfBaseException as e:
+            raise KdrunError(f"teacher.members.{option}: {str(e).splitlines()[0]}") from None
     return out
 
 

@@ -270,3 +270,60 @@ def test_an_unreadable_image_is_named(tmp_path):
         run(make_cfg(*BASE, *args, tmp=tmp_path), tmp_path / "r")
     assert str(e.value) == (f"dataset.root: cannot read the image {tmp_path / 'imgs' / 'dog' / '2.png'} (cannot "
                             "identify image file); remove it or replace it with an intact image")
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path):
+    """(As root, permissions do not stop a write: a path through a file, and a name too long, do.)"""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(KdrunError, match=rf"^hydra.run.dir={tmp_path / 'file' / 'r'}: cannot write there \(Not a "
+                                         r"directory\); choose a writable folder"):
+        run(make_cfg(*BASE, tmp=tmp_path), tmp_path / "file" / "r")
+    with pytest.raises(KdrunError, match=rf"^teacher_cache={tmp_path / 'file' / 't'}: cannot write there"):
+        run(make_cfg(*WITH_TEACHER, f"teacher_cache={tmp_path / 'file' / 't'}"), tmp_path / "r")
+    with pytest.raises(KdrunError, match=r"^hydra.run.dir=.*: cannot write there \(File name too long\)"):
+        run(make_cfg(*BASE, tmp=tmp_path), tmp_path / ("x" * 300))
+
+
+# --- the command line ------------------------------------------------------------------------------------
+
+def test_model_kwargs_need_no_plus_and_a_wrong_one_is_one_line(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    cfg = make_cfg("student=resnet18", "student.kwargs.zero_init_residual=true", "teacher.kwargs.depth=3")
+    assert cfg.student.kwargs.zero_init_residual is True and cfg.teacher.kwargs.depth == 3
+    with pytest.raises(ConfigCompositionException):  # every other key is still checked
+        make_cfg("student.dropuot=0.3")
+    with pytest.raises(KdrunError, match=r"^model mlp800: no argument 'depth' \(its kwargs are dropout, "
+                                         r"input_dropout\): check the model's kwargs"):
+        run(make_cfg(*BASE, "student.kwargs.depth=3", tmp=tmp_path), tmp_path / "r")
+
+
+def test_the_composed_config_shows_each_teacher_once():
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(make_cfg())
+    assert text.count("name: mlp1200") == 1 and text.count("optimizer:") == 2  # the teacher's and the student's
+
+
+def test_help_lists_what_a_user_selects_and_version_is_kdruns(tmp_path):
+    import kdrun
+
+    text = kdrun_cli("--help", cwd=tmp_path).stdout
+    groups = {line.split(":")[0].strip() for line in text.splitlines() if line.startswith("  ") and ": " in line}
+    assert {"teacher", "student", "dataset", "kd", "scheme", "+experiment"} <= groups and "model" not in groups
+    assert "  kd: ab, at, cc, dkd" in text
+    assert kdrun_cli("--version", cwd=tmp_path).stdout.strip() == f"kdrun {kdrun.__version__}"
+
+
+def test_ctrl_c_during_start_up_is_one_line(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "KDRUN_DATA_DIR": str(DATA_DIR)}
+    proc = subprocess.Popen([sys.executable, "-m", "kdrun", *BASE, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # importing torch and composing the config: long before any training
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("kdrun: interrupted")
