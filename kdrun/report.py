@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kdrun import KdrunError
-from kdrun.sweep import (aggregate_seeds, format_value, is_grid, rank, read_jobs, read_lines, short, summarise, swept_keys,
-                         to_csv, to_markdown)
+from kdrun.sweep import (aggregate_seeds, format_value, is_grid, rank, read_jobs, read_lines, report_dir, short, summarise,
+                         swept_keys, to_csv, to_markdown)
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +150,18 @@ def write_report(paths: list[Path], out_dir: Path, console: Optional[Console] = 
                to_markdown(group_columns, ranked_groups)]
     (out_dir / "summary.md").write_text("\n".join(md))
 
-    axes = swept_keys(group_keys, groups)
+    # The kd=none baseline is no axis: the line plot draws it, the tables give each job's gain over it.
+    plotted = [g for g in groups if not g["baseline"]] or groups
+    axes = swept_keys(group_keys, plotted)
     over = " (mean over seeds)" if by_seed else ""
-    if len(axes) == 2 and is_grid(groups, *axes):
-        plots.heatmap(out_dir / "heatmap.png", axes[0], axes[1], groups, f"student test accuracy{over}")
+    if len(axes) == 2 and is_grid(plotted, *axes):
+        plots.heatmap(out_dir / "heatmap.png", axes[0], axes[1], plotted, f"student test accuracy{over}")
         written.append("heatmap.png")
     elif len(axes) == 2:
-        plots.scatter(out_dir / "scatter.png", axes[1], axes[0], groups, f"student test accuracy{over}")
+        plots.scatter(out_dir / "scatter.png", axes[1], axes[0], plotted, f"student test accuracy{over}")
         written.append("scatter.png")
     elif len(axes) == 1:
-        plots.line_plot(out_dir / "lineplot.png", axes[0], groups, f"test accuracy{over}")
+        plots.line_plot(out_dir / "lineplot.png", axes[0], plotted, f"test accuracy{over}")
         written.append("lineplot.png")
     curves = 0
     for job in jobs:
@@ -174,8 +176,9 @@ def write_report(paths: list[Path], out_dir: Path, console: Optional[Console] = 
 
     errors = [(r["job"], r["error"]) for r in summary.rows if r["error"]]
     print_sweep(ranked_groups, group_keys, by_seed, summary.has_scratch, ranked_by, errors, console)
-    counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("ok", "failed", "missing")}
-    console.print(f"{len(jobs)} jobs: {counts['ok']} ok, {counts['failed']} failed, {counts['missing']} missing. "
+    counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("ok", "shared", "failed", "missing")}
+    shared = f", {counts['shared']} shared (kd=none: an equal job's result)" if counts["shared"] else ""
+    console.print(f"{len(jobs)} jobs: {counts['ok']} ok{shared}, {counts['failed']} failed, {counts['missing']} missing. "
                   f"Written to {out_dir}: {', '.join(written)}", highlight=False)
     return {"jobs": len(jobs), **counts, "written": written}
 
@@ -200,12 +203,13 @@ def main(argv: Optional[list[str]] = None) -> None:
                     "directory, a run directory, or any folder holding run directories; jobs that failed or "
                     "are still running are listed as such.")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    parser.add_argument("-o", "--out", type=Path, help="where to write (default: PATH, when there is one)")
+    parser.add_argument("-o", "--out", type=Path, help="where to write (default: into a sweep or run directory; "
+                                                             "beside any other folder, as <folder>-report)")
     args = parser.parse_args(argv)
     if args.out is None and len(args.paths) > 1:
         sys.exit("kdrun-report: error: several PATHs: say where to write the report with --out DIR")
     try:
-        write_report(args.paths, args.out or args.paths[0])
+        write_report(args.paths, args.out or report_dir(args.paths[0]))
     except KdrunError as e:
         sys.exit(f"kdrun-report: error: {e}")
 

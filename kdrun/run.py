@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 import kdrun
-from kdrun import KdrunError, rundir
+from kdrun import KdrunError, baseline, rundir
 from kdrun.checkpoint import write_json_atomic
 from kdrun.config import ce_weight, check, check_data, check_overrides, plain
 from kdrun.data import build_data
@@ -127,7 +127,10 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
             return previous
         check(cfg)
         check_overrides(cfg, _overrides())
-        return _run(cfg, run_dir, digest)
+        with baseline.shared(cfg, run_dir) as same:  # an equal kd=none job of the sweep finished already
+            if same is not None:
+                return baseline.share(same, cfg, run_dir, _overrides(), digest)
+            return _run(cfg, run_dir, digest)
 
 
 def _run(cfg: DictConfig, run_dir: Path, digest: str) -> dict:
@@ -168,6 +171,7 @@ def _run(cfg: DictConfig, run_dir: Path, digest: str) -> dict:
         "run_dir": str(run_dir.resolve()),
         "overrides": _overrides(),
         "config_digest": digest,
+        **({"baseline_digest": baseline.baseline_digest(cfg)} if not cfg.kd else {}),
         "versions": _versions(),
         "git_commit": _git_commit(),
     }

@@ -1,6 +1,7 @@
 """Every bad input a user can give fails before training, with one line naming the setting and the fix."""
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -123,3 +124,6 @@ def test_cli_prints_one_line_and_exits_non_zero(tmp_path, args, message):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in proc.stderr
+    # ... and the run's directory says it failed, and why (kdrun-report lists it as failed, not missing)
+    record = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert record["status"] == "failed" and message.startswith("kdrun: error: " + record["error"][:20])

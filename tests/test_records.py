@@ -169,6 +169,24 @@ def test_the_teacher_cache_is_keyed_by_the_data_and_reports_what_it_measures(tmp
         run(make_cfg(*args, f"data_dir={tmp_path / 'a'}", tmp=tmp_path), tmp_path / "r4")
 
 
+# --- the scratch baseline of a sweep, trained once ----------------------------------------------------
+
+def test_equal_baselines_of_a_sweep_are_trained_once(tmp_path):
+    from kdrun.rundir import mark_sweep
+
+    sweep = tmp_path / "sweep"
+    mark_sweep(sweep)  # what the CLI does for every multirun
+    jobs = [["T=2"], ["T=8", "alpha=0.5", "teacher.epochs=5"], ["seed=1"], ["T=8", "seed=1"], ["student.lr=0.2"]]
+    summaries = [run(make_cfg(*BASE, *overrides, tmp=tmp_path), sweep / str(i)) for i, overrides in enumerate(jobs)]
+    assert [s.get("shared_from") for s in summaries] == [None, "0", None, "2", None]
+    assert summaries[1]["student"] == summaries[0]["student"] and summaries[3]["student"] == summaries[2]["student"]
+    assert not (sweep / "1" / "metrics.jsonl").exists() and not (sweep / "1" / "checkpoints").exists()
+    assert json.loads((sweep / "1" / "summary.json").read_text())["T"] == 8  # its own settings, the shared result
+    # a resumed sweep finds a shared job complete
+    again = run(make_cfg(*BASE, "T=8", "alpha=0.5", "teacher.epochs=5", "resume=true", tmp=tmp_path), sweep / "1")
+    assert again == summaries[1]
+
+
 # --- ordinary faults end in one line -------------------------------------------------------------------
 
 @pytest.mark.parametrize("content", [b"just some text\n", b"", bytes(range(255, -1, -1)) * 8])

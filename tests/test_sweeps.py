@@ -113,6 +113,20 @@ def test_kdrun_report_trusts_summary_json_over_hydra(tmp_path):
     assert [r["T"] for r in summarise(read_jobs([tmp_path / "sweep"])).rows] == ["1"]
 
 
+def test_kdrun_report_over_a_folder_of_runs(tmp_path):
+    """Failed runs are failed, dry runs are not runs, and the report goes beside the folder, not into it."""
+    runs = tmp_path / "runs"
+    _fake_job(runs / "a", ["T=1"], 0.9)
+    _fake_job(runs / "b", ["T=2"], error="T=0.0: the temperature must be > 0 (e.g. T=4)")
+    _fake_job(runs / "c", ["T=3", "dry_run=true"])  # a dry run: Hydra's files, no summary
+    (runs / "c" / ".hydra" / "config.yaml").write_text("T: 3\ndry_run: true\n")
+    _fake_job(runs / "d", ["T=4"])  # still running, or killed
+    report_main([str(runs)])
+    rows = _csv(tmp_path / "runs-report" / "summary.csv")
+    assert [(r["job"], r["status"]) for r in rows] == [("a", "ok"), ("b", "failed"), ("d", "missing")]
+    assert sorted(p.name for p in runs.iterdir()) == ["a", "b", "c", "d"]
+
+
 def test_kdrun_report_is_a_console_script():
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["kdrun-report"] == "kdrun.report:main"
@@ -216,7 +230,8 @@ def test_report_files_on_made_up_summaries(made_up_sweep, tmp_path):
     seeds = {(r["T"], r["kd"], r["epochs"]): r for r in _csv(out / "summary_seeds.csv")}
     assert float(seeds[("1", "", "")]["student_test_acc_std"]) == pytest.approx(0.036056, abs=1e-6)
     assert seeds[("2", "", "")]["n_failed"] == "1"
-    assert not (out / "heatmap.png").exists() and not (out / "lineplot.png").exists()  # three keys vary
+    # T and epochs vary among the KD jobs (kd=none is the baseline, no axis): 4 of the 6 cells have a job
+    assert "heatmap.png" in result["written"] and not (out / "lineplot.png").exists()
 
     # One key swept (T, over seeds): a line plot with error bars.
     for job in ("6", "7", "8", "9"):
@@ -224,6 +239,25 @@ def test_report_files_on_made_up_summaries(made_up_sweep, tmp_path):
     result = write_report([made_up_sweep], out)
     assert "lineplot.png" in result["written"] and _is_png(out / "lineplot.png")
     assert not (out / "heatmap.png").exists()
+
+
+def test_a_shared_baseline_shows_once_per_group(tmp_path):
+    """kdrun -m kd=hinton,none T=2,4: the kd=none jobs differ only in T, which they ignore; the second
+    shared the first's result (kdrun.baseline). One baseline row, counted once, and T the one axis."""
+    sweep = tmp_path / "sweep"
+    for job, (overrides, acc) in enumerate([(["kd=hinton", "T=2"], 0.90), (["kd=hinton", "T=4"], 0.93),
+                                            (["kd=none", "T=2"], 0.80), (["kd=none", "T=4"], 0.80)]):
+        _fake_job(sweep / str(job), overrides, acc, kd=() if "kd=none" in overrides else ("hinton",))
+    summary_path = sweep / "3" / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "shared_from": "2"}))
+    summary = summarise(read_jobs([sweep]))
+    assert [r["status"] for r in summary.rows] == ["ok", "ok", "ok", "shared"]
+    _, groups = aggregate_seeds(summary)
+    assert [(g["kd"], g["T"], g["jobs"], g["n"]) for g in groups] == [
+        ("hinton", "2", "0", 1), ("hinton", "4", "1", 1), ("none", "", "2 3", 1)]
+    assert [g["gain_mean"] for g in groups[:2]] == [pytest.approx(0.10), pytest.approx(0.13)]
+    result = write_report([sweep], tmp_path / "out")
+    assert "lineplot.png" in result["written"] and "heatmap.png" not in result["written"]
 
 
 # --- resume a sweep killed midway ----------------------------------------------------------------
