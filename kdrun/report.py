@@ -154,21 +154,26 @@ def write_report(paths: list[Path], out_dir: Path, console: Optional[Console] = 
     plotted = [g for g in groups if not g["baseline"]] or groups
     axes = swept_keys(group_keys, plotted)
     over = " (mean over seeds)" if by_seed else ""
+    setting = setting_title(jobs)
+    colour = plots.colour_key(plotted)[1].replace(" (%)", "")
     if len(axes) == 2 and is_grid(plotted, *axes):
-        plots.heatmap(out_dir / "heatmap.png", axes[0], axes[1], plotted, f"student test accuracy{over}")
+        plots.heatmap(out_dir / "heatmap.png", axes[0], axes[1], plotted,
+                      f"{setting}\nstudent test accuracy{over}; colour: {colour}")
         written.append("heatmap.png")
     elif len(axes) == 2:
-        plots.scatter(out_dir / "scatter.png", axes[1], axes[0], plotted, f"student test accuracy{over}")
+        plots.scatter(out_dir / "scatter.png", axes[1], axes[0], plotted,
+                      f"{setting}\nstudent test accuracy{over}; colour: {colour}")
         written.append("scatter.png")
     elif len(axes) == 1:
-        plots.line_plot(out_dir / "lineplot.png", axes[0], plotted, f"test accuracy{over}")
+        plots.line_plot(out_dir / "lineplot.png", axes[0], plotted, f"{setting}\naccuracy{over}")
         written.append("lineplot.png")
     curves = 0
     for job in jobs:
         records = read_lines(job.path / "metrics.jsonl")
         if records:
             (out_dir / "curves").mkdir(exist_ok=True)
-            title = f"job {job.name}: " + (" ".join(f"{k}={v}" for k, v in job.overrides.items()) or "defaults")
+            title = f"{setting_title([job])}, job {job.name}: " + \
+                (" ".join(f"{k}={v}" for k, v in job.overrides.items()) or "defaults")
             plots.learning_curve(out_dir / "curves" / f"{job.name.replace('/', '_')}.png", records, title)
             curves += 1
     if curves:
@@ -181,6 +186,18 @@ def write_report(paths: list[Path], out_dir: Path, console: Optional[Console] = 
     console.print(f"{len(jobs)} jobs: {counts['ok']} ok{shared}, {counts['failed']} failed, {counts['missing']} missing. "
                   f"Written to {out_dir}: {', '.join(written)}", highlight=False)
     return {"jobs": len(jobs), **counts, "written": written}
+
+
+def setting_title(jobs: list) -> str:
+    """What the plots are of: `dataset: teacher -> student`, from the jobs' summaries (several values
+    joined by /; a sweep of students alone has no teacher)."""
+    def values(get) -> str:
+        return "/".join(dict.fromkeys(str(v) for job in jobs if job.summary and (v := get(job.summary))))
+
+    dataset = values(lambda s: s.get("dataset")) or "?"
+    teacher = values(lambda s: (s.get("teacher") or {}).get("arch"))
+    student = values(lambda s: (s.get("student") or {}).get("arch")) or "?"
+    return f"{dataset}: {teacher} -> {student}" if teacher else f"{dataset}: {student}"
 
 
 class SweepSummary(Callback):

@@ -337,3 +337,27 @@ def test_optuna_search_maximises_the_validation_accuracy(tmp_path):
     assert result["best_value"] == max(float(r["student_val_acc"]) for r in rows)  # maximised, not minimised
     best = [float(r["T"]) for r in rows if float(r["student_val_acc"]) == result["best_value"]]
     assert result["best_params"]["T"] == pytest.approx(best[0]) or result["best_params"]["T"] in best
+
+
+def test_plots_are_coloured_by_validation_accuracy_and_titled_with_the_setting(tmp_path):
+    from kdrun import plots
+
+    groups = [{"T": t, "alpha": a, "student_test_acc_mean": test, "student_val_acc_mean": val,
+               "student_test_acc_std": None, "n_failed": 0}
+              for t, a, test, val in [("1", "0.1", 0.90, 0.50), ("1", "0.5", 0.80, 0.60),
+                                      ("2", "0.1", 0.70, 0.70), ("2", "0.5", 0.60, 0.80)]]
+    fig = plots.heatmap(tmp_path / "h.png", "T", "alpha", groups, "title")
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().tolist() == [[50.0, 60.0], [70.0, 80.0]]  # colour: validation
+    assert [t.get_text() for t in ax.texts] == ["90.00", "80.00", "70.00", "60.00"]  # written: test
+    assert "validation" in fig.axes[1].get_ylabel()
+    fig = plots.scatter(tmp_path / "s.png", "T", "alpha", groups, "title")
+    assert fig.axes[0].collections[0].get_array().tolist() == [50.0, 60.0, 70.0, 80.0]
+
+    from kdrun.report import setting_title
+    from kdrun.sweep import Job
+
+    summary = {"dataset": "mnist", "teacher": {"arch": "mlp1200"}, "student": {"arch": "mlp800"}}
+    jobs = [Job("0", tmp_path, {}, summary), Job("1", tmp_path, {}, {**summary, "teacher": None}),
+            Job("2", tmp_path, {}, {})]
+    assert setting_title(jobs) == "mnist: mlp1200 -> mlp800"
