@@ -56,7 +56,7 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def claim(path: Path, taken_if: tuple = ()) -> bool:
+def claim(path: Path, taken_if: tuple = (), setting: str = "hydra.run.dir") -> bool:
     """Makes `path` this process's run directory, atomically; False if it already is (or was)
     another run's. `taken_if` names more files whose presence means a run was there."""
     path = Path(path).absolute()
@@ -68,16 +68,16 @@ def claim(path: Path, taken_if: tuple = ()) -> bool:
     except FileExistsError:
         return False
     except OSError as e:
-        raise cannot_write("hydra.run.dir", path, e) from None
+        raise cannot_write(setting, path, e) from None
     _claimed.add(path)
     return True
 
 
-def unique(path: Path, taken_if: tuple = ()) -> Path:
+def unique(path: Path, taken_if: tuple = (), setting: str = "hydra.run.dir") -> Path:
     """`path`, or the first of `path_1`, `path_2`, ... that no other run has claimed."""
     path = Path(path).absolute()
     n = 0
-    while not claim(candidate := path if n == 0 else path.with_name(f"{path.name}_{n}"), taken_if):
+    while not claim(candidate := path if n == 0 else path.with_name(f"{path.name}_{n}"), taken_if, setting):
         n += 1
     return candidate
 
@@ -231,7 +231,7 @@ class RunDirectory(Callback):
             if config.get("resume"):
                 mark_sweep(path)
                 return
-            chosen = unique(path, taken_if=("multirun.yaml",))
+            chosen = unique(path, taken_if=("multirun.yaml",), setting="hydra.sweep.dir")
             _claimed.discard(chosen)  # a sweep's folder, not a run's
             mark_sweep(chosen)
         except (KdrunError, OSError) as e:

@@ -93,6 +93,16 @@ def test_a_refused_resume_trains_and_writes_nothing(tmp_path, monkeypatch):
     assert summary["status"] == "ok" and _epochs(run_dir) == [1, 2, 3]
 
 
+def test_a_run_in_progress_is_not_resumed_a_second_time(tmp_path):
+    from filelock import FileLock
+
+    run(make_cfg(*BASE, tmp=tmp_path), tmp_path / "r")
+    (tmp_path / "r" / "summary.json").unlink()  # as if it were still running...
+    with FileLock(str(tmp_path / "r" / ".kdrun" / "lock")):  # ...in another process, which holds its lock
+        with pytest.raises(KdrunError, match=r"is in use by another kdrun process"):
+            run(make_cfg(*BASE, "resume=true", tmp=tmp_path), tmp_path / "r")
+
+
 # --- 5. resume=true with nothing to resume --------------------------------------------------------------
 
 def test_resume_with_nothing_to_resume_says_so_in_one_line(tmp_path, caplog):
