@@ -252,10 +252,11 @@ def check(cfg: DictConfig) -> None:
     if any(s <= 0 for s in d.std):
         _fail("dataset.std", list(d.std), "every value must be > 0")
     if d.name == "fake":
-        for key, least in (("num_train", 2), ("num_test", 1), ("num_classes", 2), ("channels", 1), ("image_size", 1)):
+        for key, least, what in (("num_train", 2, "2 training images"), ("num_test", 1, "1 test image"),
+                                 ("num_classes", 2, "2 classes"), ("channels", 1, "1 channel"),
+                                 ("image_size", 1, "images of 1 pixel")):
             if d[key] is None or d[key] < least:
-                _fail(f"dataset.{key}", d[key], f"the fake dataset needs at least {least} "
-                      f"{'image' if key.startswith('num_t') else key.replace('num_', '')}{'s' if least > 1 else ''}")
+                _fail(f"dataset.{key}", d[key], f"the fake dataset needs at least {what}")
     for name, method in cfg.kd.items():
         if isinstance(method, DictConfig) and "weight" in method and method.weight < 0:
             _fail(f"kd.{name}.weight", method.weight, "a method's weight must be >= 0")
@@ -265,7 +266,8 @@ def check_data(cfg: DictConfig, num_classes: int) -> None:
     """The checks that need the data's class count: excluded classes exist, and some are left."""
     recipes = {"student": cfg.student}
     if cfg.kd and cfg.scheme.name != "self":
-        recipes.update({("teacher" if n == "teacher" else f"teacher.members.{n.split('.')[0]}"): node
+        several = len(cfg.teacher.members) > 1
+        recipes.update({(f"teacher.members.{n.split('.')[0]}" if several else "teacher"): node
                         for n, node in teacher_members(cfg).items()})
     for prefix, node in recipes.items():
         excluded = set(node.exclude_classes)

@@ -133,8 +133,8 @@ def _cifar(cls, cfg, root: Path, device) -> DataBundle:
         missing = [root / cls.base_folder / name for name, _ in files if not (root / cls.base_folder / name).is_file()]
         if missing:
             raise _missing(cfg.name, cls.__name__, root, f"{missing[0]} among the original files") from None
-        bad = next(root / cls.base_folder / name for name, md5 in files
-                   if not check_integrity(str(root / cls.base_folder / name), md5))
+        bad = next((root / cls.base_folder / name for name, md5 in files
+                    if not check_integrity(str(root / cls.base_folder / name), md5)), root / cls.base_folder)
         raise _corrupt(cfg.name, bad, "its md5 is not that of the original file") from None
 
     def to_tensors(ds):  # .data is N, H, W, C uint8 (numpy); .targets a list
@@ -211,7 +211,8 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
     indices = {"train": pool[tr], "val": pool[va], "test": test_idx}
     source = {"train": tree, "val": tree, "test": test_tree}
     # The file list, the splits, and the bytes of a few files spread over each tree.
-    files = [(Path(p).relative_to(d).as_posix(), c) for t, d in ((tree, train_dir), (test_tree, test_dir or root))
+    files = [(Path(p).relative_to(d).as_posix(), c)
+             for t, d in ((tree, train_dir), (test_tree, train_dir if test_tree is tree else test_dir))
              for p, c in t.samples]
     read = [Path(t.samples[i][0]).read_bytes() for t in (tree, test_tree) for i in sample(len(t), 32).tolist()]
     digest = fingerprint([repr(files).encode(), *indices.values(), *read])
@@ -267,6 +268,9 @@ class _OneLineErrors:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def __getattr__(self, name: str):  # the DataLoader's own attributes (sampler, dataset...)
+        return getattr(self.loader, name)
 
     def __iter__(self):
         try:
