@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import platform
@@ -19,9 +18,10 @@ from omegaconf import DictConfig
 import kdrun
 from kdrun import KdrunError, baseline, rundir
 from kdrun.checkpoint import write_json_atomic
-from kdrun.config import ce_weight, check, check_data, check_overrides, plain
+from kdrun.config import ce_weight, check, check_data, check_overrides
 from kdrun.data import build_data
 from kdrun.engine import MetricsLog
+from kdrun.rundir import config_digest
 from kdrun.schemes import RunContext, get_scheme
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,6 @@ def stop_on_signals():
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-def config_digest(cfg: DictConfig) -> str:
-    """Identifies what a run computes (everything but `resume`, `progress` and where the data lives)."""
-    node = plain(cfg)
-    for key in ("resume", "progress", "data_dir", "dry_run"):
-        node.pop(key, None)
-    return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _git_commit() -> Optional[str]:

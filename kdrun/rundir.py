@@ -14,6 +14,7 @@ of a sweep, before Hydra writes into it; the jobs of a sweep are checked by run(
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import shutil
@@ -162,10 +163,19 @@ def opened(run_dir: Path, resume: bool, dry_run: bool, digest: str, overrides: l
         lock.release()
 
 
+def config_digest(cfg: DictConfig) -> str:
+    """Identifies what a run computes (everything but `resume`, `progress`, `dry_run` and where the
+    data lives): what a resume is checked against."""
+    from kdrun.config import plain
+
+    node = plain(cfg)
+    for key in ("resume", "progress", "data_dir", "dry_run"):
+        node.pop(key, None)
+    return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def task_digest(config: DictConfig) -> str:
     """config_digest of the task part of Hydra's full config (what run() will get)."""
-    from kdrun.run import config_digest
-
     return config_digest(OmegaConf.masked_copy(config, [k for k in config if k != "hydra"]))
 
 
