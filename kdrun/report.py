@@ -89,7 +89,8 @@ def print_sweep(groups: list[dict], keys: list[str], by_seed: bool, has_scratch:
     varying = swept_keys(keys, groups)
     fixed = " ".join(f"{k}={groups[0][k]}" for k in keys if k not in varying and groups[0][k] != "")
     keys = varying
-    title = f"kdrun sweep: {len(groups)} {'configurations' if by_seed else 'jobs'}, best first by " \
+    grouped = by_seed or any(" " in g["jobs"] for g in groups)  # seeds, or a baseline's shared jobs
+    title = f"kdrun sweep: {len(groups)} {'configurations' if grouped else 'jobs'}, best first by " \
             f"{'validation' if 'val' in ranked_by else 'test'} accuracy"
     table = Table(title=title, caption=f"all jobs: {fixed}" if fixed else None)
     if not by_seed:
