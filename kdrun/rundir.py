@@ -107,6 +107,12 @@ def _in_use(run_dir: Path) -> bool:
     return False
 
 
+def _record(path: Path, digest: str, overrides: list, dry_run: bool) -> None:
+    from kdrun.checkpoint import write_json_atomic
+
+    write_json_atomic(path, {"config_digest": digest, "overrides": list(overrides), "dry_run": dry_run})
+
+
 def another_config(run_dir: Path, complete: bool) -> Refused:
     return Refused(f"resume=true: {run_dir} holds a {'complete ' if complete else ''}run of another config; resume "
                    "with the same overrides (and the same order of sweep values) as before, or start a new run "
@@ -140,9 +146,7 @@ def opened(run_dir: Path, resume: bool, dry_run: bool, digest: str, overrides: l
         if fresh:
             if resume:
                 log.warning("resume=true: %s holds no run to resume; starting it from the beginning", run_dir)
-            from kdrun.checkpoint import write_json_atomic
-
-            write_json_atomic(record_path, {"config_digest": digest, "overrides": list(overrides), "dry_run": dry_run})
+            _record(record_path, digest, overrides, dry_run)
             _copy_hydra(run_dir / ".hydra", run_dir / MARK / "hydra")
             yield None
             return
@@ -152,6 +156,8 @@ def opened(run_dir: Path, resume: bool, dry_run: bool, digest: str, overrides: l
         recorded = _recorded_digest(run_dir)
         if recorded is not None and recorded != digest:
             raise another_config(run_dir, previous.get("status") == "ok")
+        if not record_path.exists():  # a run from before this record (or one that never got that far)
+            _record(record_path, digest, overrides, dry_run)
         if previous.get("status") == "ok":
             log.info("resume=true: %s is complete already", run_dir)
             yield previous
