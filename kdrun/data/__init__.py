@@ -5,6 +5,7 @@ batched by shuffled index (kdrun.data.memory); image folders go through torchvis
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ class DataBundle:
     make_loader: Callable[..., Iterable] = field(repr=False)
     in_memory: bool = True  # held as tensors on the device (else read from files by a DataLoader)
     split_labels: Optional[Callable[[str], torch.Tensor]] = field(default=None, repr=False)  # fast path of labels()
+    fingerprint: str = ""  # what the data is (not where it lives): part of the teacher cache's key
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
                extras: Optional[Dict[str, torch.Tensor]] = None, exclude: Sequence[int] = ()) -> Iterable:
@@ -66,6 +68,19 @@ def split_indices(n: int, val_split: float, split_seed: int) -> tuple[torch.Tens
         )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def fingerprint(parts: Iterable) -> str:
+    """A cheap digest of what the data is: byte strings and tensors (on the CPU), hashed in order."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else part.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def sample(n: int, k: int = 1024) -> torch.Tensor:
+    """Up to k indices spread evenly over range(n): which images a fingerprint reads."""
+    return torch.linspace(0, n - 1, min(n, k)).long() if n else torch.zeros(0, dtype=torch.long)
 
 
 def resolve_root(data_dir: str, root: Optional[str]) -> Path:
