@@ -99,8 +99,11 @@ def _help() -> str:
     the teacher and student groups share), and where the other settings are."""
     root = config_dir()
     groups = {g: sorted(p.stem for p in (root / g).glob("*.yaml"))
-              for g in ("teacher", "student", "dataset", "kd", "scheme", "experiment") if (root / g).is_dir()}
+              for g in ("teacher", "student", "dataset", "kd", "scheme", "logger", "pair", "experiment")
+              if (root / g).is_dir()}
     notes = {"teacher": "  (several: teacher=[a,b] is an ensemble)", "kd": "  (several: kd=[hinton,at])",
+             "logger": "  (several: logger=[tensorboard,mlflow])",
+             "pair": "  (a pair of the CIFAR-100 benchmark: teacher, student and its per-pair settings)",
              "experiment": "  (a preset: +experiment=NAME)"}
     lines = [f"kdrun {kdrun.__version__}: knowledge distillation experiments (PyTorch, Hydra)", "",
              "usage: kdrun [GROUP=OPTION ...] [KEY=VALUE ...] [-m] [--cfg job] [--version] [--hydra-help]", "",

@@ -116,12 +116,12 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir = Path(run_dir)
+    check(cfg)  # a bad value is refused before the run directory is touched
+    check_overrides(cfg, _overrides())
     digest = config_digest(cfg)
     with rundir.opened(run_dir, cfg.resume, cfg.dry_run, digest, _overrides()) as previous:
         if previous is not None:  # a resume of a complete run
             return previous
-        check(cfg)
-        check_overrides(cfg, _overrides())
         with baseline.shared(cfg, run_dir) as same:  # an equal kd=none job of the sweep finished already
             if same is not None:
                 return baseline.share(same, cfg, run_dir, _overrides(), digest)
