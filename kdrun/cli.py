@@ -10,7 +10,7 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
-from kdrun import Interrupted, KdrunError
+from kdrun import Interrupted, KdrunError, distributed
 from kdrun.config import register_configs
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ def _user_error(e: Exception) -> Optional[str]:
     if isinstance(e, MissingMandatoryValue):
         key = getattr(e, "full_key", None) or "a required setting"
         return f"{key} has no value (???): set it on the command line, e.g. {key}=..."
-    return None
+    return distributed.peer_failure(e)  # under DDP: another process failed first (its own line)
 
 
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="config")
@@ -49,6 +49,7 @@ def _main(cfg: DictConfig) -> float | None:
                  "resume=true hydra.run.dir=<this run's directory> (or hydra.sweep.dir=<the sweep's>)")
     except Exception as e:
         line = _user_error(e)
+        distributed.report_failure(line or f"{type(e).__name__}: {e}".splitlines()[0])
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             if line is None:
                 raise  # a traceback is for our bugs
@@ -64,11 +65,15 @@ def _main(cfg: DictConfig) -> float | None:
         return None  # not a number: Optuna records the trial as failed and goes on
     if summary["status"] != "ok":  # a dry run printed its layer table already
         return None
-    print_summary(summary)
+    if distributed.is_main():
+        print_summary(summary)
     return summary["student"]["best_val_acc"]  # what a sweeper may maximise: never the test set
 
 
 def main() -> None:
+    # Under torchrun/srun, the processes other than rank 0 compose the same config but make no run
+    # directory of their own: rank 0's is theirs (kdrun.distributed).
+    sys.argv[1:] = distributed.follower_overrides(sys.argv[1:])
     _main()
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kdrun import Interrupted, KdrunError
+from kdrun import Interrupted, KdrunError, distributed
 from kdrun.checkpoint import load_checkpoint, save_checkpoint
 from kdrun.methods.base import Distiller
 from kdrun.models import logits_of
@@ -50,12 +50,14 @@ def make_optimizer(recipe, params) -> torch.optim.Optimizer:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line, one line per model per epoch."""
+    """metrics.jsonl: one JSON object per line, one line per model per epoch (written by rank 0 alone)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
     def write(self, record: dict) -> None:
+        if not distributed.is_main():
+            return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -66,6 +68,8 @@ class MetricsLog:
 
     def drop_after(self, model: str, epoch: int) -> None:
         """Forgets lines of `model` past `epoch` (written before a crash, not in the checkpoint)."""
+        if not distributed.is_main():
+            return
         kept = [r for r in self.read() if not (r["model"] == model and r["epoch"] > epoch)]
         self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
@@ -88,7 +92,7 @@ def train_one_epoch(
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if progress else True)
     for step, (x, y, *extras) in enumerate(bar):
-        if should_stop():
+        if distributed.any_rank(should_stop()):  # every process stops at the same step
             raise Interrupted(desc)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if len(y) < 2:  # batch norm cannot train on a single image (a last, tiny batch)
@@ -109,6 +113,7 @@ def train_one_epoch(
             first = next(iter(correct))
             bar.set_postfix(loss=f"{out['loss'].item():.4f}", acc=f"{correct[first].item() / seen:.3f}")
     seconds = time.perf_counter() - start
+    sums, correct, seen = distributed.sum_across(dict(sums), dict(correct), seen)
     if seen == 0:
         raise KdrunError("the training split has fewer than 2 images: raise dataset.train_subset or lower dataset.val_split")
     metrics = {f"train/{k}": (v / seen).item() for k, v in sums.items()}
@@ -130,6 +135,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict:
         loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
         n += len(y)
+    correct, n, loss = distributed.sum_across(correct, n, loss)  # each process evaluated its shard
     return {"acc": correct / n, "errors": n - correct, "images": n, "loss": loss / n}
 
 
@@ -202,13 +208,14 @@ def fit(
     train_loader = data.loader("train", recipe.batch_size, shuffle=True, augment=recipe.augment, extras=train_extras,
                                exclude=recipe.exclude_classes)
     val_loader = data.loader("val", 1024) if data.has_val else None
+    trainer = distributed.wrap(model)  # DDP under torchrun/SLURM; `model` stays the one saved and evaluated
 
     for epoch in range(first_epoch, epochs + 1):
         reseed(seed, role, epoch)
         lr = recipe.lr * lr_factor(recipe.schedule, epoch, epochs, recipe.milestones, recipe.gamma)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        train = train_one_epoch(model, train_loader, optimizer, device, f"{role} {epoch}/{epochs}", progress,
+        train = train_one_epoch(trainer, train_loader, optimizer, device, f"{role} {epoch}/{epochs}", progress,
                                 should_stop)
         timing = {k: train.pop(k) for k in ("seconds", "images_per_sec")}
         for name, (module, member_meta) in members.items():
@@ -230,6 +237,7 @@ def fit(
              "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best, "config_digest": config_digest},
             last_path,
         )
+    distributed.barrier()  # rank 0's files are on disk before any process reads them
     results = {name: FitResult(best_epoch=best[name][0], best_val_acc=best[name][1], best_path=best_paths[name])
                for name in members}
     return results[role] if single else results

@@ -198,6 +198,10 @@ class SweepSummary(Callback):
     summary, plots and table, in the sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from kdrun import distributed
+
+        if not distributed.is_main():  # a sweep run under torchrun: rank 0 writes its summary
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             write_report([sweep_dir], sweep_dir)

@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 import kdrun
-from kdrun import KdrunError
+from kdrun import KdrunError, distributed
 from kdrun.checkpoint import write_json_atomic
 from kdrun.config import ce_weight, check, check_overrides, plain
 from kdrun.data import build_data
@@ -80,7 +80,7 @@ def stop_on_signals():
 def config_digest(cfg: DictConfig) -> str:
     """Identifies what a run computes (everything but `resume`, `progress` and where the data lives)."""
     node = plain(cfg)
-    for key in ("resume", "progress", "data_dir", "dry_run"):
+    for key in ("resume", "progress", "data_dir", "dry_run", "dist_timeout_s"):
         node.pop(key, None)
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -117,11 +117,15 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     """Runs one experiment into `run_dir` (Hydra's output directory by default); returns the summary."""
     check(cfg)
     check_overrides(cfg, _overrides())
+    # Under torchrun/SLURM: one process per device, joined here; rank 0's run directory is everyone's.
+    device = distributed.init(pick_device(cfg.device), cfg.dist_timeout_s, cfg.sync_bn)
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_dir = Path(run_dir)
+    run_dir = Path(distributed.from_main(str(run_dir)))
+    if not distributed.is_main():
+        cfg.progress = False  # one progress bar: rank 0's
     run_dir.mkdir(parents=True, exist_ok=True)
     summary_path = run_dir / "summary.json"
     digest = config_digest(cfg)
@@ -145,7 +149,6 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     started = time.time()
-    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.dataset, cfg.data_dir, device)
     log.info("data: %s, %s train / %s val / %s test images, %d classes, on %s", data.name, data.sizes["train"],
@@ -171,6 +174,7 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         "lambda": ce_weight(cfg),
         "seed": cfg.seed,
         "device": str(device),
+        "world_size": distributed.world_size(),
         "wall_time_s": round(time.time() - started, 2),
         "run_dir": str(run_dir.resolve()),
         "overrides": _overrides(),

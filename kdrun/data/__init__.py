@@ -35,15 +35,18 @@ class DataBundle:
     in_memory: bool = True  # held as tensors: loaders can also yield per-image extras (cached logits)
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
-               extras: Optional[Dict[str, torch.Tensor]] = None, exclude: Sequence[int] = ()) -> Iterable:
+               extras: Optional[Dict[str, torch.Tensor]] = None, exclude: Sequence[int] = (),
+               shard: bool = True) -> Iterable:
         """Batches of (images, labels), or (images, labels, {name: extra[idx]}) with `extras`: tensors
         with one row per image of the split, in its order (e.g. a teacher's cached logits). Images of
-        the classes in `exclude` are left out (e.g. Hinton et al.'s transfer set without any 3)."""
+        the classes in `exclude` are left out (e.g. Hinton et al.'s transfer set without any 3).
+        Under DDP (kdrun.distributed) each process gets its shard and its share of `batch_size`, the
+        global batch, unless `shard` is false."""
         if self.sizes.get(split, 0) == 0:
             raise ValueError(f"the {split} split is empty")
         if extras is not None and not self.in_memory:
             raise ValueError("per-image extras need an in-memory dataset")
-        return self.make_loader(split, batch_size, shuffle, augment, extras, tuple(exclude))
+        return self.make_loader(split, batch_size, shuffle, augment, extras, tuple(exclude), shard)
 
     @property
     def has_val(self) -> bool:

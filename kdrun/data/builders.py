@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torchvision import transforms
 
-from kdrun import KdrunError
+from kdrun import KdrunError, distributed
 from kdrun.data import DataBundle, register_dataset, split_indices
 from kdrun.data.memory import TensorLoader
 
@@ -47,7 +47,7 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
     }
     splits = {k: (x.contiguous().to(device), y.long().to(device)) for k, (x, y) in splits.items()}
 
-    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
+    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=(), shard=True):
         x, y = splits[split]
         if exclude:
             keep = ~torch.isin(y, torch.tensor(exclude, device=y.device))
@@ -55,7 +55,7 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
             extras = {k: v[keep.to(v.device)] for k, v in (extras or {}).items()} or None
         shift, hflip = (cfg.shift, cfg.hflip) if augment else (0, False)
         return TensorLoader(x, y, batch_size, cfg.mean, cfg.std, shuffle=shuffle, shift=shift, hflip=hflip,
-                            extras=extras)
+                            extras=extras, shard=shard)
 
     return DataBundle(
         name=cfg.name,
@@ -171,13 +171,14 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
         ds.transform = transform
         return ds
 
-    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
+    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=(), shard=True):
         ds = with_transform(source[split], augmented if augment else plain)
         chosen = [i for i in indices[split].tolist() if ds.targets[i] not in exclude]
-        return torch.utils.data.DataLoader(
+        return distributed.dataloader(  # under DDP: a DistributedSampler, each process its share
             torch.utils.data.Subset(ds, chosen),
             batch_size=batch_size,
             shuffle=shuffle,
+            shard=shard,
             num_workers=cfg.num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=False,
