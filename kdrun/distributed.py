@@ -279,19 +279,36 @@ def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:
     return out
 
 
+class _LossOnly(nn.Module):
+    """A trainer whose outputs other than `loss` are detached: DDP finds the parameters a step uses by
+    following its outputs' graphs, and a first stage (FitNets' hints) still computes the student's
+    logits, which its loss does not use."""
+
+    def __init__(self, trainer: nn.Module):
+        super().__init__()
+        self.trainer = trainer
+
+    def forward(self, *args, **kwargs):
+        out = self.trainer(*args, **kwargs)
+        if isinstance(out, dict):
+            return {k: v if k == "loss" else v.detach() for k, v in out.items()}
+        return out
+
+
 def wrap(model: nn.Module) -> nn.Module:
     """`model` in DistributedDataParallel (BatchNorm made SyncBatchNorm with sync_bn=true); itself
     without a process group. The unwrapped model stays the one to save and evaluate.
 
-    static_graph: a first stage (FitNets' hints) leaves the student's later layers unused at every step,
-    and DDP learns that set once instead of searching the graph at each step; their gradients stay None,
+    static_graph: a first stage leaves the student's later layers unused at every step; DDP learns that
+    set at the first step instead of searching the graph at each one, and their gradients stay None,
     as in one process."""
     if not active():
         return model
     if _settings.sync_bn:
         nn.SyncBatchNorm.convert_sync_batchnorm(model)  # in place below the top: the parameters are the same
     device_ids = [_settings.device] if _settings.device is not None and _settings.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, static_graph=True)
+    return nn.parallel.DistributedDataParallel(_LossOnly(model), device_ids=device_ids, static_graph=True,
+                                               gradient_as_bucket_view=True)
 
 
 @contextlib.contextmanager

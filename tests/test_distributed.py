@@ -154,24 +154,55 @@ def _free_port() -> int:
 
 
 def test_a_failure_on_one_process_of_an_srun_launch_ends_them_all_with_its_line(tmp_path):
-    """Two processes with SLURM's environment (`srun -n 2 python -m kdrun`); the second node has no data."""
-    write_image_folder(tmp_path / "data" / "tree", per_class=6, size=8)
-    (tmp_path / "empty").mkdir()
+    """Two processes with SLURM's environment (`srun -n 2 python -m kdrun`) train a teacher on an image
+    folder (DistributedSampler), then the second one fails alone: its student layer does not exist."""
+    write_image_folder(tmp_path / "tree", size=8)  # 24 images: 19 train, 5 test
     port = _free_port()
     procs = []
-    for rank, data_dir in enumerate((tmp_path / "data", tmp_path / "empty")):
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "KDRUN_DATA_DIR": str(data_dir), "SLURM_JOB_ID": "4242",
-               "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank),
-               "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        cmd = [sys.executable, "-m", "kdrun", "dataset=image_folder", "dataset.root=tree", "dataset.image_size=8",
-               "dataset.val_split=0", "dataset.num_workers=0", "teacher=mlp800", "student=mlp800", "progress=false",
-               "dist_timeout_s=30", f"teacher_cache={tmp_path / 'teachers'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    for rank, layer in enumerate(("fc1", "fc9")):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "KD_LAYER": layer, "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2",
+               "SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0",
+               "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost", "MASTER_PORT": str(port)}
+        cmd = [sys.executable, "-m", "kdrun", "dataset=image_folder", f"dataset.root={tmp_path / 'tree'}",
+               "dataset.image_size=8", "dataset.val_split=0", "dataset.num_workers=0", "teacher=mlp800",
+               "student=mlp800", "teacher.epochs=1", "kd=fitnet", "kd.fitnet.student_layers=[${oc.env:KD_LAYER}]",
+               "kd.fitnet.teacher_layers=[fc1]", "progress=false", "dist_timeout_s=60",
+               f"teacher_cache={tmp_path / 'teachers'}", f"hydra.run.dir={tmp_path / 'run'}"]
         procs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True))
     results = [finish(p, timeout=120) for p in procs]
     for code, out, err in results:
         last = err.strip().splitlines()[-1]
         assert code != 0 and "Traceback" not in err, err
-        assert last.startswith("kdrun: error:") and "dataset.root=" in last and "no such folder" in last, err
-    assert "process 1:" in results[0][2]  # rank 0 names the process that failed
+        assert last.startswith("kdrun: error: ") and "student layer 'fc9' is not a module path" in last, err
+    assert "process 1: " in results[0][2]  # rank 0 names the process that failed
+    # Before that, the two trained the teacher together, and evaluated it exactly on their shards.
+    (meta,) = (tmp_path / "teachers").glob("*/meta.json")
+    assert json.loads(meta.read_text())["report"]["test_images"] == 5
+    assert [r["model"] for r in lines(tmp_path / "run")] == ["teacher"]
+
+
+@pytest.mark.slow
+def test_every_scheme_and_the_methods_that_train_parts_of_their_own_run_under_torchrun(tmp_path):
+    from tests.ddp_schemes import CASES
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(Path(__file__).parent / "ddp_schemes.py"), str(tmp_path)]
+    env = {**os.environ, "KDRUN_DATA_DIR": str(DATA_DIR), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in CASES:
+        assert json.loads((tmp_path / name / "summary.json").read_text())["status"] == "ok", name
+        keys = [(r["model"], r["epoch"]) for r in lines(tmp_path / name)]
+        assert len(keys) == len(set(keys)) and keys, name  # every line written once
+    # The hint stage leaves the student's classifier without gradients (it stays as initialised), as in
+    # one process; the rest agrees to float tolerance (the hint's weight, 100, amplifies rounding).
+    alone = tmp_path / "alone"
+    run(make_cfg(*CASES["fitnet_mlp"], "progress=false", tmp=alone), alone / "run")
+    for stage in ("student.fitnet_last.pt", "student_last.pt"):
+        a, b = weights(tmp_path / "fitnet_mlp" / "checkpoints" / stage), weights(alone / "run" / "checkpoints" / stage)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4, msg=f"{stage}: {key}")
+    stage = weights(tmp_path / "fitnet_mlp" / "checkpoints" / "student.fitnet_last.pt")
+    assert torch.equal(stage["fc3.weight"], weights(alone / "run" / "checkpoints" / "student.fitnet_last.pt")["fc3.weight"])
