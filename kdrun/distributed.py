@@ -44,6 +44,11 @@ class _Settings:
     sync_bn: bool = False
     device: Optional[torch.device] = None
     store: Optional[Any] = None
+    # The random stream of a training pass (see shard): the last seed all processes shared, the passes
+    # since, and the seed this process's own stream got.
+    shared_seed: int = 0
+    passes: int = 0
+    own_seed: Optional[int] = None
 
 
 _settings = _Settings()
@@ -221,20 +226,41 @@ def shard(order: torch.Tensor, train: bool) -> torch.Tensor:
     if world == 1:
         return order
     if train:
+        passes, seed = _new_pass()
+        if passes:  # a second pass with no reseed between: `order` came from this process's own stream
+            order = torch.randperm(len(order), generator=torch.Generator().manual_seed(seed)).to(order.device)
         order = torch.cat([order, order[: (-len(order)) % world]]) if len(order) >= world else order.repeat(world)
-        _own_random_stream()
+        _own_random_stream(seed)
     return order[rank()::world]
 
 
-def _own_random_stream() -> None:
-    digest = hashlib.sha256(f"{torch.initial_seed()}/rank{rank()}".encode()).digest()
-    torch.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+def _mix(*parts) -> int:
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def _new_pass() -> tuple[int, int]:
+    """(training passes since the engine last seeded the global stream, a seed all processes share for
+    this pass). The engine seeds every epoch alike on every process; a caller that passes over a loader
+    again without reseeding (FT's paraphraser epochs) finds each process on its own stream, so the
+    shared seed is then derived from the last one."""
+    if torch.initial_seed() != _settings.own_seed:  # seeded since the last pass: shared by all
+        _settings.shared_seed, _settings.passes = torch.initial_seed(), 0
+    else:
+        _settings.passes += 1
+    return _settings.passes, _mix(_settings.shared_seed, _settings.passes)
+
+
+def _own_random_stream(seed: int) -> None:
+    """From here on this process draws its own augmentation and dropout, not its neighbours' copies."""
+    _settings.own_seed = _mix(seed, "rank", rank())
+    torch.manual_seed(_settings.own_seed)
 
 
 class _Epochs:
-    """A DataLoader over a DistributedSampler whose every pass is an epoch: set_epoch() with a number drawn
-    from the global random stream, which the engine seeds per (seed, model, epoch), so all processes
-    shuffle alike and a resumed run shuffles as an uninterrupted one."""
+    """A DataLoader over a DistributedSampler whose every pass is an epoch: set_epoch() with the pass's
+    shared seed, from the engine's per-(seed, model, epoch) one, so all processes shuffle alike and a
+    resumed run shuffles as an uninterrupted one."""
 
     def __init__(self, loader: torch.utils.data.DataLoader):
         self.loader = loader
@@ -243,8 +269,9 @@ class _Epochs:
         return len(self.loader)
 
     def __iter__(self) -> Iterator:
-        self.loader.sampler.set_epoch(int(torch.randint(2**31 - 1, ())))
-        _own_random_stream()  # the workers' seeds, hence augmentations, differ between processes
+        _, seed = _new_pass()
+        self.loader.sampler.set_epoch(seed % 2**31)
+        _own_random_stream(seed)  # the workers' seeds, hence augmentations, differ between processes
         return iter(self.loader)
 
 

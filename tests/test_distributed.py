@@ -206,3 +206,18 @@ def test_every_scheme_and_the_methods_that_train_parts_of_their_own_run_under_to
             torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4, msg=f"{stage}: {key}")
     stage = weights(tmp_path / "fitnet_mlp" / "checkpoints" / "student.fitnet_last.pt")
     assert torch.equal(stage["fc3.weight"], weights(alone / "run" / "checkpoints" / "student.fitnet_last.pt")["fc3.weight"])
+
+
+def test_a_training_pass_draws_a_seed_every_process_shares_also_without_a_reseed():
+    """The engine seeds each epoch alike on every process; a loader passed over again without a reseed
+    (FT's paraphraser epochs) must still give every process the same pass seed, derived from the last."""
+    from kdrun import distributed
+    from kdrun.engine import reseed
+
+    reseed(0, "student", 1)
+    first = distributed._new_pass()
+    distributed._own_random_stream(first[1])  # what a pass does next: this process's own stream
+    second = distributed._new_pass()
+    assert first[0] == 0 and second[0] == 1 and second[1] != first[1]
+    reseed(0, "student", 1)  # the same epoch again (a resume): the same seeds
+    assert distributed._new_pass() == first
