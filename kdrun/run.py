@@ -160,7 +160,8 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     if cfg.dry_run:
         from kdrun.report import print_layers
 
-        print_layers(models["layers"], models.get("teacher"))
+        if distributed.is_main():
+            print_layers(models["layers"], models.get("teacher"))
         return {"status": "dry_run", **models}
 
     summary = {
