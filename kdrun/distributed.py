@@ -5,8 +5,9 @@ with `tasks_per_node` > 1 start one process per device. Each composes the same c
 data and models from the same seeds; `init()` joins them into one process group. Then:
 
 - what trains is wrapped in DDP (`wrap`); a frozen teacher runs unwrapped on every process;
-- each process takes its shard of every epoch's global order (`shard`, `dataloader`): `batch_size` stays
-  the global batch, so a recipe means the same at any world size;
+- each process takes its shard of every epoch's global order (`shard`; in-memory data and the file
+  loaders' seeded order alike): `batch_size` stays the global batch, so a recipe means the same at any
+  world size;
 - metric sums and counts are added up across processes (`sum_across`), never averaged means;
 - a stop signal is agreed on (`any_rank`), so every process stops at the same step;
 - only rank 0 writes (`is_main`: checkpoints, metrics, summaries, logs), the others wait (`barrier`).
@@ -26,7 +27,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterable, Iterator, List, Optional
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -234,6 +235,12 @@ def shard(order: torch.Tensor, train: bool) -> torch.Tensor:
     return order[rank()::world]
 
 
+def shard_size(n: int, train: bool) -> int:
+    """How many of n samples `shard` gives this process."""
+    world = world_size()
+    return math.ceil(n / world) if train else len(range(rank(), n, world))
+
+
 def _mix(*parts) -> int:
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
@@ -255,39 +262,6 @@ def _own_random_stream(seed: int) -> None:
     """From here on this process draws its own augmentation and dropout, not its neighbours' copies."""
     _settings.own_seed = _mix(seed, "rank", rank())
     torch.manual_seed(_settings.own_seed)
-
-
-class _Epochs:
-    """A DataLoader over a DistributedSampler whose every pass is an epoch: set_epoch() with the pass's
-    shared seed, from the engine's per-(seed, model, epoch) one, so all processes shuffle alike and a
-    resumed run shuffles as an uninterrupted one."""
-
-    def __init__(self, loader: torch.utils.data.DataLoader):
-        self.loader = loader
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator:
-        _, seed = _new_pass()
-        self.loader.sampler.set_epoch(seed % 2**31)
-        _own_random_stream(seed)  # the workers' seeds, hence augmentations, differ between processes
-        return iter(self.loader)
-
-
-def dataloader(dataset, batch_size: int, shuffle: bool, shard: bool = True, **kwargs) -> Iterable:
-    """torch's DataLoader; under DDP (with `shard`) each process's share: a DistributedSampler when
-    shuffled (training), every world-th image otherwise (evaluation, unpadded)."""
-    from torch.utils.data import DataLoader, DistributedSampler, Subset
-
-    world = world_size()
-    if world == 1 or not shard:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, **kwargs)
-    if not shuffle:
-        return DataLoader(Subset(dataset, range(rank(), len(dataset), world)), batch_size=local_batch(batch_size),
-                          **kwargs)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank(), shuffle=True)
-    return _Epochs(DataLoader(dataset, batch_size=local_batch(batch_size), sampler=sampler, **kwargs))
 
 
 def gather_shards(local: torch.Tensor, n: int) -> torch.Tensor:

@@ -20,8 +20,8 @@ needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason=f"no MNIST under {DATA_DI
 
 register_configs()
 
-# Small, fast settings that every test run starts from.
-TINY = ["progress=false", "teacher.epochs=1", "epochs=1", "teacher.batch_size=64", "student.batch_size=64"]
+# Small, fast settings that every test run starts from (and no test downloads anything by accident).
+TINY = ["progress=false", "dataset.download=false", "teacher.epochs=1", "epochs=1", "teacher.batch_size=64", "student.batch_size=64"]
 
 
 def make_cfg(*overrides: str, tmp: Path | None = None):

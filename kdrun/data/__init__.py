@@ -32,21 +32,26 @@ class DataBundle:
     image_size: int
     sizes: Dict[str, int]  # images per split: train, val (0 when there is none), test
     make_loader: Callable[..., Iterable] = field(repr=False)
-    in_memory: bool = True  # held as tensors: loaders can also yield per-image extras (cached logits)
+    in_memory: bool = True  # held as tensors on the device (else read from files by a DataLoader)
+    split_labels: Optional[Callable[[str], torch.Tensor]] = field(default=None, repr=False)  # fast path of labels()
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
                extras: Optional[Dict[str, torch.Tensor]] = None, exclude: Sequence[int] = (),
                shard: bool = True) -> Iterable:
         """Batches of (images, labels), or (images, labels, {name: extra[idx]}) with `extras`: tensors
-        with one row per image of the split, in its order (e.g. a teacher's cached logits). Images of
-        the classes in `exclude` are left out (e.g. Hinton et al.'s transfer set without any 3).
-        Under DDP (kdrun.distributed) each process gets its shard and its share of `batch_size`, the
-        global batch, unless `shard` is false."""
+        with one row per image of the split, in its order (a teacher's cached logits, each image's
+        index). Images of the classes in `exclude` are left out (e.g. Hinton et al.'s transfer set
+        without any 3). Under DDP (kdrun.distributed) each process gets its shard and its share of
+        `batch_size`, the global batch, unless `shard` is false."""
         if self.sizes.get(split, 0) == 0:
             raise ValueError(f"the {split} split is empty")
-        if extras is not None and not self.in_memory:
-            raise ValueError("per-image extras need an in-memory dataset")
         return self.make_loader(split, batch_size, shuffle, augment, extras, tuple(exclude), shard)
+
+    def labels(self, split: str) -> torch.Tensor:
+        """Every label of a split, in its order."""
+        if self.split_labels is not None:
+            return self.split_labels(split)
+        return torch.cat([y for _, y in self.loader(split, 1024, shard=False)])  # all of them, on every process
 
     @property
     def has_val(self) -> bool:

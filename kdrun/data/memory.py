@@ -61,10 +61,7 @@ class TensorLoader:
 
     def __len__(self) -> int:
         n = len(self.labels)
-        if self.shard:  # a training shard is padded to the longest; an evaluation shard is not
-            world = distributed.world_size()
-            n = math.ceil(n / world) if self.shuffle else len(range(distributed.rank(), n, world))
-        return math.ceil(n / self.step)
+        return math.ceil((distributed.shard_size(n, train=self.shuffle) if self.shard else n) / self.step)
 
     def __iter__(self) -> Iterator[tuple]:
         n = len(self.labels)
