@@ -24,8 +24,8 @@ from tests.datasets import write_image_folder
 
 # An MLP without dropout or batch norm, un-augmented inputs: 2 processes x 64 images and 1 x 128 see
 # the same global batches (1792 = 14 x 128 training images), so they compute the same weights.
-ARGS = ["dataset=fake", "dataset.download=false", "dataset.image_size=8", "dataset.shift=0", "dataset.num_train=1856", "dataset.val_split=64",
-        "teacher=mlp800", "student=mlp800", "teacher.batch_size=128", "student.batch_size=128", "teacher.epochs=2",
+ARGS = ["dataset=fake", "dataset.download=false", "dataset.image_size=8", "dataset.shift=0", "dataset.num_train=1856",
+        "dataset.val_split=64", "teacher=mlp800", "student=mlp800", "teacher.batch_size=128", "student.batch_size=128", "teacher.epochs=2",
         "epochs=12", "progress=false"]
 TIMING = ("seconds", "images_per_sec")
 
@@ -117,7 +117,8 @@ def test_two_processes_of_64_train_the_weights_of_one_process_of_128(ddp_run, tm
     (folder,) = [p for p in (tmp_path / "teachers").iterdir() if p.is_dir()]
     (ddp_folder,) = [p for p in (home / "teachers").iterdir() if p.is_dir()]
     for mine, theirs in ((ddp_folder / "teacher.pt", folder / "teacher.pt"),
-                         (run_dir / "checkpoints" / "student_last.pt", tmp_path / "alone" / "checkpoints" / "student_last.pt")):
+                         (run_dir / "checkpoints" / "student_last.pt",
+                          tmp_path / "alone" / "checkpoints" / "student_last.pt")):
         a, b = weights(mine), weights(theirs)
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=f"{mine.name}: {key}")
@@ -214,7 +215,8 @@ def test_every_scheme_and_the_methods_that_train_parts_of_their_own_run_under_to
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=1e-4, msg=f"{stage}: {key}")
     stage = weights(tmp_path / "fitnet_mlp" / "checkpoints" / "student.fitnet_last.pt")
-    assert torch.equal(stage["fc3.weight"], weights(alone / "run" / "checkpoints" / "student.fitnet_last.pt")["fc3.weight"])
+    alone_stage = weights(alone / "run" / "checkpoints" / "student.fitnet_last.pt")
+    assert torch.equal(stage["fc3.weight"], alone_stage["fc3.weight"])
 
 
 def test_a_training_pass_draws_a_seed_every_process_shares_also_without_a_reseed():
