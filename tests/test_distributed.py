@@ -25,8 +25,8 @@ from tests.datasets import write_image_folder
 # An MLP without dropout or batch norm, un-augmented inputs: 2 processes x 64 images and 1 x 128 see
 # the same global batches (1792 = 14 x 128 training images), so they compute the same weights.
 ARGS = ["dataset=fake", "dataset.download=false", "dataset.image_size=8", "dataset.shift=0", "dataset.num_train=1856",
-        "dataset.val_split=64", "teacher=mlp800", "student=mlp800", "teacher.batch_size=128", "student.batch_size=128", "teacher.epochs=2",
-        "epochs=12", "progress=false"]
+        "dataset.val_split=64", "teacher=mlp800", "student=mlp800", "teacher.batch_size=128", "student.batch_size=128",
+        "teacher.epochs=2", "epochs=12", "progress=false"]
 TIMING = ("seconds", "images_per_sec")
 
 
