@@ -211,6 +211,7 @@ def _run_config_class():
         "amp": str,
         "channels_last": str,
         "compile": bool,
+        "cuda_graphs": str,
         "sync_bn": bool,
         "dist_timeout_s": float,
     }
@@ -237,6 +238,7 @@ def _run_config_class():
         "amp": "auto",
         "channels_last": "auto",
         "compile": False,
+        "cuda_graphs": "auto",
         "sync_bn": False,  # under torchrun/SLURM: BatchNorm statistics over the global batch (SyncBatchNorm)
         "dist_timeout_s": 1800.0,  # under torchrun/SLURM: how long a process waits for the others
     }
@@ -318,6 +320,8 @@ def check(cfg: DictConfig) -> None:
         _fail("amp", cfg.amp, "choose auto, off, bf16 or fp16")
     if cfg.channels_last not in ("auto", "on", "off"):
         _fail("channels_last", cfg.channels_last, "choose auto, on or off")
+    if cfg.cuda_graphs not in ("auto", "on", "off"):
+        _fail("cuda_graphs", cfg.cuda_graphs, "choose auto, on or off")
     if cfg.dist_timeout_s <= 0:
         _fail("dist_timeout_s", cfg.dist_timeout_s, "the seconds a process waits for the others must be > 0")
     if cfg.ensemble.combine not in COMBINES:

@@ -11,7 +11,6 @@ import logging
 import math
 import os
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Tuple
@@ -26,6 +25,7 @@ from kdrun.loggers.console import EpochLog
 from kdrun.methods.base import Distiller
 from kdrun.models import logits_of
 from kdrun.speed import OptimizerStep, grad_scaler
+from kdrun.step import TrainStep, reports_top5, topk_correct, use_graphs, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +53,14 @@ def lr_factor(schedule: str, epoch: int, epochs: int, milestones=(), gamma: floa
     return factor
 
 
-def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int = 5) -> torch.Tensor:
-    """How many labels are among the k highest logits."""
-    return (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum()
-
-
-def reports_top5(logits: torch.Tensor) -> bool:
-    return logits.shape[1] > 10  # top-5 of 10 classes or fewer says little
-
-
-def make_optimizer(recipe, params) -> torch.optim.Optimizer:
+def make_optimizer(recipe, params, capturable: bool = False) -> torch.optim.Optimizer:
+    """`capturable`: the update may be recorded in a CUDA graph (Adam's step count then lives on the
+    device; SGD's update is capturable as it is)."""
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
                                weight_decay=recipe.weight_decay)
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[recipe.optimizer]
-    return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **({"capturable": True} if capturable else {}))
 
 
 class MetricsLog:
@@ -120,42 +113,32 @@ def train_one_epoch(
     desc: str,
     progress: bool = True,
     should_stop: Callable[[], bool] = lambda: False,
+    step: Optional[TrainStep] = None,
 ) -> dict:
-    """One pass over `loader`; `optimizer` is a torch optimizer or an OptimizerStep (fp16 loss scaling,
-    gradient clipping, a per-step learning rate)."""
+    """One pass over `loader`. `optimizer` is a torch optimizer or an OptimizerStep (fp16 loss scaling,
+    gradient clipping, a per-step learning rate); `step` (kdrun.step.TrainStep: eager, or replayed as
+    a CUDA graph) trains on each batch and keeps the epoch's sums on the device: no host sync per step."""
     update = optimizer if isinstance(optimizer, OptimizerStep) else OptimizerStep(optimizer)
+    step = step or TrainStep(model, update, device)
+    step.begin_epoch()
     model.train()
-    # A trainer of several models (online peers, early-exit heads) prefixes each model's keys with
-    # its name ("peer1/loss_ce", "peer1/logits"); a plain Distiller's keys have no prefix.
-    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
-    correct: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.long))
-    correct5: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.long))
-    seen = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if progress else True)
-    for step, (x, y, *extras) in enumerate(bar):
+    for i, (x, y, *extras) in enumerate(bar):
         if distributed.any_rank(should_stop()):  # every process stops at the same step
             raise Interrupted(desc)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if len(y) < 2:  # batch norm cannot train on a single image (a last, tiny batch)
             continue
-        out = model(x, y, **(extras[0] if extras else {}))
-        update(out["loss"])
-        # Sums stay on the device: no host sync per step.
-        for key, value in out.items():
-            prefix, _, term = key.rpartition("/")
-            if term.startswith("loss"):
-                sums[key] += value.detach() * len(y)
-            elif term == "logits":
-                correct[prefix] += (value.argmax(1) == y).sum()
-                if reports_top5(value):
-                    correct5[prefix] += topk_correct(value.detach(), y)
-        seen += len(y)
-        if step % 25 == 0 and not bar.disable:
-            first = next(iter(correct))
-            bar.set_postfix(loss=f"{out['loss'].item():.4f}", acc=f"{correct[first].item() / seen:.3f}")
+        out = step(x, y, extras[0] if extras else {})
+        if i % 25 == 0 and not bar.disable:
+            _, correct, _, seen = step.totals()
+            bar.set_postfix(loss=f"{out['loss'].item():.4f}", acc=f"{next(iter(correct.values())).item() / seen:.3f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the time the work took, not the time it took to launch it
     seconds = time.perf_counter() - start
-    sums, correct, correct5, seen = distributed.sum_across(dict(sums), dict(correct), dict(correct5), seen)
+    sums, correct, correct5, seen = distributed.sum_across(*(dict(t) if isinstance(t, dict) else t
+                                                            for t in step.totals()))
     if seen == 0:
         raise KdrunError("the training split has fewer than 2 images: raise dataset.train_subset or lower dataset.val_split")
     metrics = {f"train/{k}": (v / seen).item() for k, v in sums.items()}
@@ -236,7 +219,8 @@ def fit(
     last_path = ckpt_dir / f"{role}_last.pt"
     best_paths = {name: ckpt_dir / f"{name}_best.pt" for name in members}
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(recipe, params)
+    graphs = use_graphs(model, data, device) and distributed.world_size() == 1
+    optimizer = make_optimizer(recipe, params, capturable=graphs)
     update = OptimizerStep(optimizer, grad_scaler(getattr(model, "amp_dtype", None), device), recipe.get("grad_clip"))
     first_epoch = 1
     best: Dict[str, Tuple[int, Optional[float]]] = {name: (0, None) for name in members}
@@ -262,6 +246,9 @@ def fit(
     val_loader = data.loader("val", 1024) if data.has_val else None
     epoch_log = EpochLog(epochs)
     trainer = distributed.wrap(model)  # DDP under torchrun/SLURM; `model` stays the one saved and evaluated
+    step = TrainStep(trainer, update, device, graphs=graphs)
+    # CUDA's one-time costs, paid here and reported, not hidden in the first epoch's time.
+    warm_s = warm_up(step, train_loader, [m for m, _ in members.values()], val_loader, device) if first_epoch <= epochs else 0
 
     for epoch in range(first_epoch, epochs + 1):
         reseed(seed, role, epoch)
@@ -276,12 +263,14 @@ def fit(
             group["lr"] = lr
         update.start_epoch(lr_at if warmup and epoch <= warmup else None)
         train = train_one_epoch(trainer, train_loader, update, device, f"{role} {epoch}/{epochs}", progress,
-                                should_stop)
+                                should_stop, step)
         timing = {k: train.pop(k) for k in ("seconds", "images_per_sec")}
         lines = []
         for name, (module, member_meta) in members.items():
             record = {"model": name, "epoch": epoch, "lr": lr, **_member_record(train, None if single else name),
                       **timing}
+            if warm_s and epoch == first_epoch:  # paid before this epoch's clock started
+                record["cuda_warmup_seconds"] = round(warm_s, 2)
             improved = True
             if val_loader is not None:
                 val = evaluate(module, val_loader, device)

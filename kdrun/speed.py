@@ -48,18 +48,21 @@ def accelerate(model: nn.Module, cfg, device: torch.device) -> nn.Module:
 class MixedPrecision(nn.Module):
     """Base of the trainers (Distiller, Mutual, SelfDistiller): `forward(x, y, ...)` feeds
     `_forward` channels-last images when the models were converted, under autocast when `amp_dtype`
-    is set, and returns the losses in full precision."""
+    is set, and returns the losses in full precision. `cuda_graphs` (on, auto, off) tells the engine
+    whether to replay the training step as a CUDA graph (kdrun.step)."""
 
-    def __init__(self, amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False):
+    def __init__(self, amp_dtype: Optional[torch.dtype] = None, channels_last: bool = False,
+                 cuda_graphs: str = "off"):
         super().__init__()
-        self.amp_dtype, self.channels_last = amp_dtype, channels_last
+        self.amp_dtype, self.channels_last, self.cuda_graphs = amp_dtype, channels_last, cuda_graphs
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, **kwargs) -> dict:
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.amp_dtype is None:
             return self._forward(x, y, **kwargs)
-        with torch.autocast(x.device.type, dtype=self.amp_dtype):
+        # No cast cache: a CUDA graph captures the casts themselves (and a step uses each weight once).
+        with torch.autocast(x.device.type, dtype=self.amp_dtype, cache_enabled=False):
             out = self._forward(x, y, **kwargs)
         return {k: v.float() for k, v in out.items()}
 
@@ -67,9 +70,34 @@ class MixedPrecision(nn.Module):
         raise NotImplementedError
 
 
+def cuda_graphs_setting(cfg, device: torch.device) -> str:
+    """`cuda_graphs` after the checks that need no data: on and auto stay, unless CUDA graphs cannot
+    apply to this run (then auto is off, and on is refused with the reason)."""
+    from kdrun import distributed
+
+    setting = cfg.cuda_graphs
+    if setting not in ("auto", "on", "off"):
+        raise KdrunError(f"cuda_graphs={setting}: choose auto, on or off")
+    why_not = None
+    if device.type != "cuda":
+        why_not = f"CUDA graphs need a CUDA device (this run is on {device})"
+    elif cfg.amp == "fp16":
+        why_not = "amp=fp16 trains with a gradient scaler, whose step reads an overflow flag on the host"
+    elif cfg.compile:
+        why_not = "compile=true compiles the models instead (torch.compile has CUDA graphs of its own)"
+    elif distributed.world_size() > 1:
+        why_not = "several processes (DDP) reduce their gradients outside the captured step"
+    if why_not is None or setting == "off":
+        return setting
+    if setting == "on":
+        raise KdrunError(f"cuda_graphs=on: {why_not}; use cuda_graphs=auto or off")
+    return "off"
+
+
 def speed_settings(cfg, device: torch.device, model: nn.Module) -> dict:
     """The MixedPrecision arguments for a run's config."""
-    return dict(amp_dtype=amp_dtype(cfg.amp, device), channels_last=use_channels_last(cfg.channels_last, device, model))
+    return dict(amp_dtype=amp_dtype(cfg.amp, device), channels_last=use_channels_last(cfg.channels_last, device, model),
+                cuda_graphs=cuda_graphs_setting(cfg, device))
 
 
 def grad_scaler(amp_dtype: Optional[torch.dtype], device: torch.device) -> Optional[torch.amp.GradScaler]:

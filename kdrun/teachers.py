@@ -26,8 +26,12 @@ from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, count_parameters, logits_of, model_meta, pretrained_of, weights_identity
 from kdrun.models.cifar import checkpoint_file
 from kdrun.rundir import cannot_write
+from kdrun.speed import amp_dtype, speed_settings
 
 log = logging.getLogger(__name__)
+
+# The run's settings that say how (fast) models train, which an ensemble's members train with too.
+SPEED_KEYS = ("amp", "channels_last", "compile", "cuda_graphs")
 
 # Bump when a change in kdrun would train a different teacher from the same config.
 CACHE_FORMAT = 2
@@ -48,15 +52,15 @@ def teacher_seed(cfg) -> int:
     return cfg.seed if cfg.teacher.seed is None else cfg.teacher.seed
 
 
-def teacher_digest(cfg, data_fingerprint: str = "") -> str:
+def teacher_digest(cfg, data_fingerprint: str = "", precision: str = "") -> str:
     """sha256 over the architecture, training recipe, dataset settings (split, augmentation), the
     data itself (DataBundle.fingerprint: a cache never serves a teacher of other data that sits
-    at the same path) and seed."""
+    at the same path), seed, and the mixed precision it trains in, if any (kdrun.speed)."""
     teacher = _identity({k: v for k, v in plain(cfg.teacher).items()
                          if k not in ("checkpoint", "seed", "members", "ensemble_seeds")}, _ADDED_TEACHER)
     dataset = _identity({k: v for k, v in plain(cfg.dataset).items() if k not in _NOT_IDENTITY}, _ADDED_DATASET)
     identity = {"format": CACHE_FORMAT, "teacher": teacher, "dataset": dataset, "seed": teacher_seed(cfg),
-                "data": data_fingerprint}
+                "data": data_fingerprint, **({"precision": precision} if precision else {})}
     weights = weights_identity(cfg.teacher)
     if weights:  # the weights themselves: `true` is the library's current default, which a release may change
         teacher["pretrained"] = weights
@@ -94,7 +98,8 @@ def get_teachers(cfg, data, device, run_metrics: MetricsLog, progress: bool, sho
     models, infos = {}, {}
     for name, node in members.items():
         member_cfg = OmegaConf.create({"teacher": plain(node), "dataset": plain(cfg.dataset), "seed": cfg.seed,
-                                       "teacher_cache": cfg.teacher_cache})
+                                       "teacher_cache": cfg.teacher_cache,
+                                       **{k: cfg[k] for k in SPEED_KEYS if k in cfg}})
         models[name], infos[name] = get_teacher(member_cfg, data, device, run_metrics, progress, should_stop, train,
                                                 label=f"teacher.{name}")
     combine = ensemble_combine(cfg)
@@ -127,7 +132,7 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
         info = {"arch": node.name, "source": "pretrained", "weights": published["weights"], "path": published["file"]}
         return model, {**info, **(test_report(model, data, device) if train else {})}
 
-    digest = teacher_digest(cfg, data.fingerprint)
+    digest = teacher_digest(cfg, data.fingerprint, _precision(cfg, device))
     folder = Path(cfg.teacher_cache).resolve() / digest
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -162,11 +167,21 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
     return model, {"arch": node.name, "source": source, **fine_tuned, "path": str(weights), "digest": digest, **report}
 
 
+def _precision(cfg, device) -> str:
+    """The autocast dtype a teacher trains in ('' for full precision): part of its digest."""
+    dtype = amp_dtype(cfg.amp, device) if "amp" in cfg else None
+    return "" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def _train_into(folder: Path, model, cfg, data, device, meta, progress, should_stop) -> None:
     node = cfg.teacher
-    trainer = Distiller(model, label_smoothing=node.label_smoothing).to(device)
+    # The run's speed settings (mixed precision, channels-last, CUDA graphs) train the teacher too.
+    speed = speed_settings(cfg, device, model) if "amp" in cfg else {}
+    if speed.get("channels_last"):
+        model.to(memory_format=torch.channels_last)
+    trainer = Distiller(model, label_smoothing=node.label_smoothing, **speed).to(device)
     # A partial teacher (an interrupted job) resumes from its last epoch: its digest says it is the same.
-    digest = teacher_digest(cfg, data.fingerprint)
+    digest = teacher_digest(cfg, data.fingerprint, _precision(cfg, device))
     result = fit(trainer, data, node, node.epochs, device, folder, "teacher", MetricsLog(folder / "metrics.jsonl"),
                  seed=teacher_seed(cfg), resume=True, config_digest=digest, meta=meta,
                  progress=progress, should_stop=should_stop)

@@ -34,9 +34,10 @@ def stop_in_epoch(n: int, monkeypatch):
 
     original, calls = engine.train_one_epoch, {"n": 0}
 
-    def stopping(model, loader, optimizer, device, desc, progress=True, should_stop=lambda: False):
+    def stopping(model, loader, optimizer, device, desc, progress=True, should_stop=lambda: False, step=None):
         calls["n"] += 1
-        return original(model, loader, optimizer, device, desc, progress, should_stop=lambda: calls["n"] == n)
+        return original(model, loader, optimizer, device, desc, progress, should_stop=lambda: calls["n"] == n,
+                        step=step)
 
     monkeypatch.setattr(engine, "train_one_epoch", stopping)
     try:

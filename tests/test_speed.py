@@ -67,10 +67,12 @@ def test_bench_prints_every_case(capsys):
 
     # Case (e) launches torchrun once per world size: one process here (the 2-process runs are tested in
     # test_distributed.py).
-    result = main(["--steps", "3", "--workers", "0", "--world-sizes", "1", "dataset.train_subset=1000",
-                   f"data_dir={DATA_DIR}"])
+    result = main(["--steps", "3", "--workers", "0", "--world-sizes", "1", "--cnn-steps", "1", "dataset.train_subset=1000",
+                   "student.batch_size=8", f"data_dir={DATA_DIR}"])
     out = capsys.readouterr().out
     for case in ("(a) student alone", "(b) KD, live teacher", "(c) KD, cached teacher logits", "(d) KD, live teacher, "
-                 "DataLoader", "(c)/(a) =", "(c)/(d) =", "peak memory", "(e) (c) with DDP, torchrun --nproc_per_node=1"):
+                 "DataLoader", "(c)/(a) =", "(c)/(d) =", "(bare) bare eager PyTorch KD step", "CNN case: resnet50 -> "
+                 "mobilenet_v2", "kdrun KD step, first pass", "kdrun first pass / bare =", "peak memory",
+                 "(e) torchrun --nproc_per_node=1"):
         assert case in out, case
-    assert all(result[k] > 0 for k in "abcd") and result["ddp"][1] > 0
+    assert all(result[k] > 0 for k in ["a", "b", "c", "d", "bare", "cnn_first", "cnn_bare"]) and result["ddp"][1] > 0

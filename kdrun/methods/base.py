@@ -179,9 +179,10 @@ class Distiller(MixedPrecision):
         example: Optional[torch.Tensor] = None,
         amp_dtype: Optional[torch.dtype] = None,
         channels_last: bool = False,
+        cuda_graphs: str = "off",
         label_smoothing: float = 0.0,
     ):
-        super().__init__(amp_dtype, channels_last)
+        super().__init__(amp_dtype, channels_last, cuda_graphs)
         methods = methods or {}
         if methods and teacher is None:
             raise ValueError("KD methods need a teacher")
