@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -33,6 +33,9 @@ class DataBundle:
     sizes: Dict[str, int]  # images per split: train, val (0 when there is none), test
     make_loader: Callable[..., Iterable] = field(repr=False)
     in_memory: bool = True  # held as tensors: loaders can also yield per-image extras (cached logits)
+    # Recorded in every checkpoint, so that a model can be fed and its outputs named after the run:
+    classes: Optional[List[str]] = None  # the class names, in label order
+    config: Dict[str, Any] = field(default_factory=dict)  # the dataset config it was built from (build_data)
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
                extras: Optional[Dict[str, torch.Tensor]] = None, exclude: Sequence[int] = ()) -> Iterable:
@@ -74,7 +77,11 @@ def build_data(ds_cfg, data_dir: str, device: torch.device) -> DataBundle:
     """Builds the dataset named by `ds_cfg.name` from its config node."""
     if ds_cfg.name not in BUILDERS:
         raise KdrunError(f"dataset.name={ds_cfg.name!r} is unknown: choose one of {', '.join(sorted(BUILDERS))}")
-    return BUILDERS[ds_cfg.name](ds_cfg, resolve_root(data_dir, ds_cfg.root), device)
+    from omegaconf import OmegaConf
+
+    bundle = BUILDERS[ds_cfg.name](ds_cfg, resolve_root(data_dir, ds_cfg.root), device)
+    bundle.config = OmegaConf.to_container(ds_cfg, resolve=True) if OmegaConf.is_config(ds_cfg) else dict(ds_cfg)
+    return bundle
 
 
 from kdrun.data import builders  # noqa: E402,F401  (registers the builders)

@@ -32,7 +32,7 @@ def _subset(n: int, cfg) -> int:
     return min(n, cfg.train_subset) if cfg.train_subset else n
 
 
-def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) -> DataBundle:
+def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device, classes=None) -> DataBundle:
     """Splits, moves to the device once, and wraps the tensors in TensorLoaders."""
     if train_x.dim() == 3:  # N, H, W (MNIST) -> N, 1, H, W
         train_x, test_x = train_x.unsqueeze(1), test_x.unsqueeze(1)
@@ -64,6 +64,7 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
         image_size=train_x.shape[-1],
         sizes={k: len(y) for k, (_, y) in splits.items()},
         make_loader=make_loader,
+        classes=list(classes) if classes else [str(i) for i in range(num_classes)],
     )
 
 
@@ -73,7 +74,7 @@ def _idx_dataset(cls, cfg, root: Path, device, num_classes: int) -> DataBundle:
         train, test = cls(str(root), train=True), cls(str(root), train=False)
     except RuntimeError:
         raise _missing(cfg.name, cls.__name__, root, f"{root / cls.__name__ / 'raw'}/train-images-idx3-ubyte etc.") from None
-    return _in_memory(cfg, train.data, train.targets, test.data, test.targets, num_classes, device)
+    return _in_memory(cfg, train.data, train.targets, test.data, test.targets, num_classes, device, cls.classes)
 
 
 @register_dataset
@@ -95,7 +96,7 @@ def _cifar(cls, cfg, root: Path, device) -> DataBundle:
     def to_tensors(ds):  # .data is N, H, W, C uint8 (numpy); .targets a list
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
 
-    return _in_memory(cfg, *to_tensors(train), *to_tensors(test), len(train.classes), device)
+    return _in_memory(cfg, *to_tensors(train), *to_tensors(test), len(train.classes), device, train.classes)
 
 
 @register_dataset
@@ -191,4 +192,5 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
         sizes={k: len(v) for k, v in indices.items()},
         make_loader=make_loader,
         in_memory=False,
+        classes=list(tree.classes),
     )
