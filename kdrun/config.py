@@ -128,6 +128,7 @@ def _run_config_class():
         "amp": str,
         "channels_last": str,
         "compile": bool,
+        "deploy_report": bool,
     }
     defaults = {
         "teacher": field(default_factory=TeacherConfig),
@@ -151,6 +152,8 @@ def _run_config_class():
         "amp": "auto",
         "channels_last": "auto",
         "compile": False,
+        # Parameters, weight bytes, multiply-adds, CPU latency and throughput of every model (kdrun/deploy.py)
+        "deploy_report": True,
     }
     cls = type("RunConfig", (), {"__annotations__": annotations, **defaults})
     return dataclass(init=False, repr=False, eq=False)(cls)
@@ -192,8 +195,13 @@ def check(cfg: DictConfig) -> None:
     lam = cfg["lambda"]
     if lam is not None and not 0 <= lam <= 1:
         _fail("lambda", lam, "the weight of the hard-label term must be in [0, 1] (or null for 1 - alpha)")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        _fail("epochs", cfg.epochs, "must be at least 1 (or null for student.epochs)")
+    if cfg.epochs is not None and cfg.epochs < 0:
+        _fail("epochs", cfg.epochs, "must be at least 1, 0 to train no student (or null for student.epochs)")
+    if cfg.epochs == 0 and cfg.scheme.name != "offline":
+        # The other schemes train their teachers with the student's epochs too: nothing would train.
+        _fail("epochs", 0, f"scheme={cfg.scheme.name} trains every model with the student's epochs, so nothing "
+              "would train: give epochs >= 1, or use scheme=offline (epochs=0 there reports the teacher and the "
+              "untrained student)")
     if cfg.amp not in ("auto", "off", "bf16", "fp16"):
         _fail("amp", cfg.amp, "choose auto, off, bf16 or fp16")
     if cfg.channels_last not in ("auto", "on", "off"):

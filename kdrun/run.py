@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 import kdrun
-from kdrun import KdrunError
+from kdrun import KdrunError, deploy
 from kdrun.checkpoint import write_json_atomic
 from kdrun.config import ce_weight, check, check_overrides, plain
 from kdrun.data import build_data
@@ -78,9 +78,10 @@ def stop_on_signals():
 
 
 def config_digest(cfg: DictConfig) -> str:
-    """Identifies what a run computes (everything but `resume`, `progress` and where the data lives)."""
+    """Identifies what a run computes (everything but `resume`, `progress`, where the data lives and
+    whether the deployment report is measured)."""
     node = plain(cfg)
-    for key in ("resume", "progress", "data_dir", "dry_run"):
+    for key in ("resume", "progress", "data_dir", "dry_run", "deploy_report"):
         node.pop(key, None)
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -154,12 +155,20 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         ctx = RunContext(cfg=cfg, run_dir=run_dir, device=device, data=data, metrics=MetricsLog(run_dir / "metrics.jsonl"),
                          config_digest=digest, should_stop=should_stop)
         models = get_scheme(cfg.scheme.name)(ctx)
+    modules = models.pop("modules", {})  # the trained models themselves, for the deployment report
     if cfg.dry_run:
         from kdrun.report import print_layers
 
         print_layers(models["layers"], models.get("teacher"))
         return {"status": "dry_run", **models}
 
+    if cfg.deploy_report:
+        measuring = time.time()
+        deploy.report(models, modules, (data.in_channels, data.image_size, data.image_size), device)
+        models["compression"] = deploy.compression(models.get("teacher"), models.get("student"))
+        log.info("deployment report: %d model(s) measured in %.1f s", len({id(m) for m in modules.values()}),
+                 time.time() - measuring)
+    del modules
     summary = {
         "status": "ok",
         **models,

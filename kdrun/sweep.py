@@ -20,7 +20,7 @@ from kdrun import KdrunError
 
 # Overrides that change how a run is carried out or recorded, not what it computes. They are not
 # columns, so a sweep continued with `resume=true` has the same rows (and seed groups) as before.
-BOOKKEEPING = frozenset({"resume", "progress", "data_dir", "teacher_cache"})
+BOOKKEEPING = frozenset({"resume", "progress", "data_dir", "teacher_cache", "deploy_report"})
 # What a student trained without a teacher cannot depend on: ignored when a job is matched to the
 # scratch baseline (the `kd=none` jobs), and so is the seed (the baseline is a mean over seeds).
 NOT_BASELINE = frozenset({"kd", "T", "alpha", "lambda", "teacher", "seed"})
