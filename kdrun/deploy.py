@@ -138,5 +138,6 @@ def compression(teacher: Optional[dict], student: Optional[dict]) -> Optional[di
            "macs": ratio(t["macs"], s["macs"]), "cpu_latency": ratio(t["cpu_latency_ms"], s["cpu_latency_ms"]),
            "throughput": ratio(s["throughput"], t["throughput"])}
     if teacher.get("test_acc") is not None and student.get("test_acc") is not None:
-        out["test_acc_delta"] = round(student["test_acc"] - teacher["test_acc"], 6)
+        out["test_acc_delta"] = student["test_acc"] - teacher["test_acc"]
     return out
+

@@ -182,7 +182,10 @@ def test_online_peers_resume_after_an_interruption_like_an_uninterrupted_run(tmp
         return [{k: v for k, v in r.items() if k not in ("seconds", "images_per_sec")} for r in _lines(d)]
 
     assert strip(tmp_path / "cut") == strip(tmp_path / "full")
-    assert resumed["models"] == full["models"]
+    timed = ("deploy",)  # the deployment report's latencies are measured, not replayed
+    assert [{k: v for k, v in m.items() if k not in timed} for m in resumed["models"].values()] == \
+        [{k: v for k, v in m.items() if k not in timed} for m in full["models"].values()]
+    assert all(m["deploy"]["macs"] > 0 for m in resumed["models"].values())
 
 
 # --- self: born-again networks and be your own teacher -----------------------------------------

@@ -63,6 +63,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_runs_on(failed_sweep):
         assert _is_png(sweep / "curves" / f"{job}.png")
     assert not (sweep / "curves" / "1.png").exists()  # it never trained
     assert _is_png(sweep / "heatmap.png")  # two keys swept: num_train x val_split
+    assert _is_png(sweep / "tradeoff.png") and rows["0"]["student_macs"] == rows["2"]["student_macs"] != ""
     # summary.md: best (validation accuracy) first, the failed job last
     md_jobs = [line.split("|")[1].strip() for line in (sweep / "summary.md").read_text().splitlines()
                if line.startswith("| ") and not line.startswith("| job")]
