@@ -228,31 +228,35 @@ def dataset_config(info: ModelInfo, overrides: Sequence[str] = ()) -> tuple[dict
     """The dataset to evaluate on: the one the model was trained on, or another option
     (`dataset=NAME`), with `dataset.key=value` overrides; the model's own normalisation unless
     dataset.mean/std are given. Returns (dataset config, data_dir or None)."""
-    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     from kdrun.cli import _config_dir
-    from kdrun.config import plain, register_configs
+    from kdrun.config import DatasetConfig
 
-    options = [o for o in overrides if o.startswith("dataset=")]
-    allowed = ("dataset=", "dataset.", "data_dir=")
     for o in overrides:
-        if not o.startswith(allowed):
+        if not o.startswith(("dataset=", "dataset.", "data_dir=")) or "=" not in o:
             raise KdrunError(f"{o}: only the dataset can be set here (dataset=NAME, dataset.key=value, data_dir=PATH)")
-    if not options and not info.dataset:
+    values = dict(o.split("=", 1) for o in overrides)
+    if "dataset" not in values and not info.dataset:
         raise KdrunError(f"{info.path}: the file does not record its dataset: name one (dataset=mnist)")
-    name = options[-1].split("=", 1)[1] if options else info.dataset["name"]
-    register_configs()
-    with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
-        cfg = compose("config", overrides=[f"dataset={name}", *(o for o in overrides if o not in options)])
-    node = plain(cfg.dataset)
-    given = {o.split("=", 1)[0][len("dataset."):] for o in overrides if o.startswith("dataset.")}
-    if not options:  # the recorded dataset, as the run built it
-        node.update({k: v for k, v in info.dataset.items() if k in node and k not in given})
-    for key in ("mean", "std"):  # feed the model as it was trained
-        if key not in given and getattr(info, key):
-            node[key] = list(getattr(info, key))
-    data_dir = next((o.split("=", 1)[1] for o in overrides if o.startswith("data_dir=")), None)
-    return node, data_dir
+    name = values.get("dataset") or info.dataset["name"]
+    option = Path(_config_dir()) / "dataset" / f"{name}.yaml"
+    if not option.is_file():
+        known = ", ".join(sorted(p.stem for p in option.parent.glob("*.yaml")))
+        raise KdrunError(f"dataset={name}: no such dataset option; choose one of {known}")
+    given = {k[len("dataset."):]: v for k, v in values.items() if k.startswith("dataset.")}
+    # The recorded dataset as the run built it, unless another one is named; then the model's own
+    # normalisation (it was trained on it), then what the command line says.
+    recorded = info.dataset if "dataset" not in values else {}
+    layers = [OmegaConf.load(option), {k: v for k, v in recorded.items() if k in DatasetConfig.__dataclass_fields__},
+              {k: list(getattr(info, k)) for k in ("mean", "std") if getattr(info, k)},
+              OmegaConf.from_dotlist([f"{k}={v}" for k, v in given.items()])]
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(DatasetConfig), *layers)
+    except OmegaConfBaseException as e:
+        raise KdrunError(f"dataset: {' '.join(str(e).split())[:200]}") from None
+    return OmegaConf.to_container(node, resolve=True), values.get("data_dir")
 
 
 @torch.no_grad()
