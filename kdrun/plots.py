@@ -151,7 +151,8 @@ def learning_curve(path: Path, records: list[dict], title: str) -> None:
 def tradeoff(path: Path, rows: list[dict], title: str) -> None:
     """What a user picks a student from: test accuracy against the cost of a model, multiply-adds per
     image (left) and CPU latency at batch 1 (right), one point per job (its name beside it); the
-    jobs' teachers are stars and the students trained from scratch (kd=none) triangles."""
+    jobs' teachers are stars and the students trained from scratch (kd=none) triangles. The cost
+    axes are logarithmic when the models' costs span more than 10x."""
     done = [r for r in rows if r["status"] == "ok" and r.get("student_macs") and r.get("student_test_acc") is not None]
     fig = _figure(11, 4.5)
     for ax, (cost, label) in zip(fig.subplots(1, 2), (("macs", "multiply-adds per image"),
@@ -163,15 +164,19 @@ def tradeoff(path: Path, rows: list[dict], title: str) -> None:
             if points:
                 ax.scatter([r[f"student_{cost}"] for r in points], [100 * r["student_test_acc"] for r in points],
                            marker=marker, color=color, s=50, label=name)
+                names: dict = {}  # jobs at the same point share one label
                 for r in points:
-                    ax.annotate(r["job"], (r[f"student_{cost}"], 100 * r["student_test_acc"]),
-                                textcoords="offset points", xytext=(4, 4), fontsize=7)
+                    names.setdefault((r[f"student_{cost}"], 100 * r["student_test_acc"]), []).append(r["job"])
+                for xy, jobs in names.items():
+                    ax.annotate(", ".join(jobs), xy, textcoords="offset points", xytext=(4, 4), fontsize=7)
         teachers = {(r[f"teacher_{cost}"], r["teacher_test_acc"]) for r in done
                     if r.get(f"teacher_{cost}") and r.get("teacher_test_acc") is not None}
         if teachers:
             ax.scatter([t[0] for t in teachers], [100 * t[1] for t in teachers], marker="*", s=160, color="tab:gray",
                        label="teacher")
-        ax.set_xscale("log")
+        xs = [x for c in ax.collections for x, _ in c.get_offsets()]
+        if xs and max(xs) > 10 * min(xs):  # models of very different sizes; else plain ticks read better
+            ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3, which="both")
