@@ -23,7 +23,7 @@ from torch import nn
 # Repetitions, each bounded by a time budget: a tiny MLP gets its median from 30 runs in
 # milliseconds, a ResNet-50 stops at the budget.
 LATENCY_WARMUP, LATENCY_RUNS, LATENCY_BUDGET_S = 3, 30, 1.0
-THROUGHPUT_BATCH, THROUGHPUT_RUNS, THROUGHPUT_BUDGET_S = 64, 5, 1.0
+THROUGHPUT_BATCH, THROUGHPUT_RUNS, THROUGHPUT_BUDGET_S = 64, 20, 1.0
 
 
 def weights_bytes(model: nn.Module) -> int:
