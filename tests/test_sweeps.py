@@ -40,7 +40,7 @@ def failed_sweep(tmp_path_factory):
     """dataset.num_train=300,600 x dataset.val_split=0.1,400: only (300, 400) cannot hold out 400 images."""
     tmp = tmp_path_factory.mktemp("failed_sweep")
     sweep = tmp / "sweep"
-    proc = kdrun_cli("-m", *FAKE, "dataset.num_train=300,600", "dataset.val_split=0.1,400",
+    proc = kdrun_cli("-m", *FAKE, "deploy_report=true", "dataset.num_train=300,600", "dataset.val_split=0.1,400",
                      f"hydra.sweep.dir={sweep}", f"teacher_cache={tmp / 'teachers'}", cwd=tmp)
     return sweep, proc
 
