@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from pathlib import Path
 from typing import Optional
@@ -34,19 +35,39 @@ def _user_error(e: Exception) -> Optional[str]:
     return None
 
 
+def _resume_command() -> str:
+    """The user's own command, with resume=true and the real directory of this run (or sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    where = Path(hc.sweep.dir if multirun else hc.runtime.output_dir).resolve()
+    program, args = Path(sys.argv[0]).name, sys.argv[1:]
+    if program == "__main__.py":
+        program = "python -m kdrun"
+    elif program != "kdrun" and multirun:  # a launcher's worker process: the sweep's own record
+        recorded = OmegaConf.load(where / "multirun.yaml").hydra.overrides
+        program, args = "kdrun", ["-m", *(o for o in recorded.hydra if not o.startswith("hydra.mode=")), *recorded.task]
+    args = [a for a in args if not a.startswith(("resume=", f"{key}="))]
+    return " ".join([program, *map(shlex.quote, args), "resume=true", f"{key}={shlex.quote(str(where))}"])
+
+
 @hydra.main(version_base="1.3", config_path=_config_dir(), config_name="config")
 def _main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from kdrun.loggers.console import plain_text, to_log_files
     from kdrun.report import print_summary
     from kdrun.run import record_failure, run
 
     try:
         summary = run(cfg)
     except Interrupted:  # Ctrl-C stops a whole sweep too: SystemExit is not caught by Hydra's launchers
-        sys.exit("kdrun: interrupted; the last completed epoch is saved. Continue it with the same command plus "
-                 "resume=true hydra.run.dir=<this run's directory> (or hydra.sweep.dir=<the sweep's>)")
+        sys.exit(f"kdrun: interrupted; the last completed epoch is saved. Continue with:\n  {_resume_command()}")
     except Exception as e:
         line = _user_error(e)
         if HydraConfig.get().mode != RunMode.MULTIRUN:
@@ -65,6 +86,8 @@ def _main(cfg: DictConfig) -> float | None:
     if summary["status"] != "ok":  # a dry run printed its layer table already
         return None
     print_summary(summary)
+    # kdrun.log tells the whole story: the table too
+    to_log_files("results:\n" + plain_text(lambda console: print_summary(summary, console)))
     return summary["student"]["best_val_acc"]  # what a sweeper may maximise: never the test set
 
 

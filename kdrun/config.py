@@ -17,7 +17,8 @@ from kdrun import KdrunError
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "multistep")
 SCHEMES = ("offline", "online", "self", "self_byot")
-COMBINES = ("mean_probs", "mean_logits")
+COMBINES = ("auto", "mean_probs", "mean_logits")
+LIBRARIES = (None, "timm")
 
 
 @dataclass
@@ -35,6 +36,11 @@ class ModelConfig:
 
     name: str = MISSING  # a kdrun model (mlp1200, lenet5, ...) or any torchvision classifier
     kwargs: Dict[str, Any] = field(default_factory=dict)  # extra arguments of the model factory
+    # Published weights (torchvision's weights API, or timm's): true for the default ones, or a weights
+    # name (IMAGENET1K_V2; for timm a tag). Another class count than theirs gets a new, trained head.
+    pretrained: Any = False
+    target: Optional[str] = None  # a factory of your own (pkg.module.fn): fn(num_classes=, in_channels=, **kwargs)
+    library: Optional[str] = None  # where `name` is found: null (kdrun's zoo, then torchvision) or timm
     min_input_size: Optional[int] = None  # upsample smaller inputs (e.g. VGG's 5 poolings need 32)
     epochs: int = 10
     batch_size: int = 128
@@ -48,6 +54,9 @@ class ModelConfig:
     gamma: float = 0.1
     augment: bool = True  # use the dataset's training augmentation
     exclude_classes: List[int] = field(default_factory=list)  # train without these classes (a transfer set)
+    label_smoothing: float = 0.0  # of the cross-entropy on the labels, in [0, 1)
+    warmup_epochs: int = 0  # linear learning-rate warmup (per step) over the first N epochs, times the schedule
+    grad_clip: Optional[float] = None  # clip the gradients' total L2 norm to this; null: no clipping
     layers: LayersConfig = field(default_factory=LayersConfig)
 
 
@@ -68,12 +77,14 @@ class TeacherConfig(MemberConfig):
 
 @dataclass
 class EnsembleConfig:
-    combine: str = "mean_probs"  # the soft targets: mean of the members' tempered probabilities, or mean_logits
+    # The soft targets: the mean of the members' tempered probabilities, or of their logits; auto is
+    # mean_logits for kd=logits (which regresses logits), else mean_probs.
+    combine: str = "auto"
 
 
 @dataclass
 class DatasetConfig:
-    name: str = MISSING  # the builder: mnist, fashion_mnist, cifar10, cifar100, image_folder, fake
+    name: str = MISSING  # the builder: mnist, fashion_mnist, cifar10, cifar100, image_folder, imagenet, fake, custom
     root: Optional[str] = None  # null: data_dir; a relative path is taken inside data_dir
     train_subset: Optional[int] = None  # first N training images
     val_split: float = 0.1  # held out from training: a fraction (<1) or a count (>=1); 0 for none
@@ -88,7 +99,13 @@ class DatasetConfig:
     num_train: int = 512  # fake only
     num_test: int = 256  # fake only
     test_split: float = 0.2  # image_folder without a test/ folder: the share held out for test
-    num_workers: int = 2  # image_folder: DataLoader workers
+    num_workers: int = 2  # image_folder, imagenet, custom: DataLoader workers
+    prefetch_factor: int = 2  # image_folder, imagenet, custom: batches each worker loads ahead
+    resize_size: Optional[int] = None  # imagenet: test images are resized to this, then centre-cropped to image_size
+    download: bool = True  # mnist, fashion_mnist, cifar10, cifar100: torchvision fetches missing files into data_dir
+    test_subset: Optional[int] = None  # only N test images (quick checks); a fixed sample for image folders
+    target: Optional[str] = None  # custom: a factory (pkg.module.fn) returning the train and test Datasets
+    kwargs: Dict[str, Any] = field(default_factory=dict)  # custom: the factory's arguments
 
 
 @dataclass
@@ -102,6 +119,51 @@ class SchemeConfig:
     T: float = 3.0  # self_byot: temperature of that KL term
 
 
+@dataclass
+class TensorBoardLoggerConfig:
+    _target_: str = "kdrun.loggers.tensorboard.TensorBoardLogger"
+    dir: str = "tensorboard"  # the event files' folder, inside the run directory
+
+
+@dataclass
+class MLflowLoggerConfig:
+    _target_: str = "kdrun.loggers.mlflow.MLflowLogger"
+    tracking_uri: Optional[str] = None  # null: $MLFLOW_TRACKING_URI, else SQLite in save_dir
+    save_dir: str = "outputs/mlruns"  # the default store (mlflow.db) and its artifacts
+    experiment_name: Optional[str] = None  # null: the sweep directory (a multirun), else "kdrun"
+    run_name: Optional[str] = None  # null: the run's overrides
+    log_model: bool = False  # also upload checkpoints/*_best.pt
+
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass
+class WandbLoggerConfig:
+    _target_: str = "kdrun.loggers.wandb.WandbLogger"
+    project: str = "kdrun"
+    entity: Optional[str] = None
+    mode: Optional[str] = None  # null: $WANDB_MODE, else online when logged in, else offline
+    group: Optional[str] = None  # null: the sweep directory (a multirun)
+    tags: List[str] = field(default_factory=list)
+
+
+@dataclass
+class CSVLoggerConfig:
+    _target_: str = "kdrun.loggers.csv.CSVLogger"
+    dir: str = "csv"  # metrics.csv and hparams.yaml, inside the run directory
+
+
+@dataclass
+class LoggerConfig:
+    """The `logger` group: each selected tracker (logger=[tensorboard,mlflow]) fills its entry; null is off."""
+
+    tensorboard: Optional[TensorBoardLoggerConfig] = None
+    mlflow: Optional[MLflowLoggerConfig] = None
+    wandb: Optional[WandbLoggerConfig] = None
+    csv: Optional[CSVLoggerConfig] = None
+
+
 def _run_config_class():
     # `lambda` is the name users type (`kdrun lambda=0.3`) but a Python keyword, so the schema's
     # class is built by hand: no generated __init__/__repr__/__eq__ (which would not compile);
@@ -113,6 +175,7 @@ def _run_config_class():
         "kd": Dict[str, Any],
         "scheme": SchemeConfig,
         "ensemble": EnsembleConfig,
+        "logger": LoggerConfig,
         "T": float,
         "alpha": float,
         "lambda": Optional[float],
@@ -137,6 +200,7 @@ def _run_config_class():
         "kd": field(default_factory=dict),
         "scheme": field(default_factory=SchemeConfig),
         "ensemble": field(default_factory=EnsembleConfig),
+        "logger": field(default_factory=LoggerConfig),
         "T": 4.0,
         "alpha": 0.9,
         "lambda": None,
@@ -184,6 +248,22 @@ def _check_recipe(prefix: str, m: DictConfig) -> None:
         _fail(f"{prefix}.optimizer", m.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
     if m.schedule not in SCHEDULES:
         _fail(f"{prefix}.schedule", m.schedule, f"choose one of {', '.join(SCHEDULES)}")
+    if not 0 <= m.label_smoothing < 1:
+        _fail(f"{prefix}.label_smoothing", m.label_smoothing, "must be in [0, 1) (0.1 is the usual ImageNet value)")
+    if m.warmup_epochs < 0:
+        _fail(f"{prefix}.warmup_epochs", m.warmup_epochs, "must be >= 0 (0: no warmup)")
+    if m.grad_clip is not None and m.grad_clip <= 0:
+        _fail(f"{prefix}.grad_clip", m.grad_clip, "the largest gradient norm must be > 0 (or null: no clipping)")
+    if m.name == "custom" and not m.target:
+        _fail(f"{prefix}.target", m.target, f"{prefix}=custom builds a model of your own: name its factory, e.g. "
+              f"{prefix}.target=my_pkg.nets.tiny_cnn (called with num_classes, in_channels and {prefix}.kwargs)")
+    if m.library not in LIBRARIES:
+        _fail(f"{prefix}.library", m.library, "choose null (kdrun's models, then torchvision's) or timm")
+    if not isinstance(m.pretrained, (bool, str)) or m.pretrained == "":
+        _fail(f"{prefix}.pretrained", m.pretrained, "write true (the default weights), false, or a weights name "
+              "such as IMAGENET1K_V2")
+    if m.pretrained is not False and m.get("checkpoint"):
+        _fail(f"{prefix}.pretrained", m.pretrained, f"{prefix}.checkpoint gives every weight already: set one of them")
 
 
 def check(cfg: DictConfig) -> None:
@@ -208,7 +288,8 @@ def check(cfg: DictConfig) -> None:
         _fail("channels_last", cfg.channels_last, "choose auto, on or off")
     if cfg.ensemble.combine not in COMBINES:
         _fail("ensemble.combine", cfg.ensemble.combine, f"choose one of {', '.join(COMBINES)}")
-    teacher_members(cfg)  # checks the ensemble's settings
+    if len(teacher_members(cfg)) > 1:  # (also checks the ensemble's settings)
+        ensemble_combine(cfg)
     # Several options selected: each member's own recipe is used, the merged top level is not.
     several = cfg.teacher.members if len(cfg.teacher.members) > 1 else {}
     for option, node in several.items():
@@ -216,18 +297,31 @@ def check(cfg: DictConfig) -> None:
     if not several:
         _check_recipe("teacher", cfg.teacher)
     _check_scheme(cfg.scheme)
+    _check_logger(cfg.logger)
     _check_recipe("student", cfg.student)
     d = cfg.dataset
     if d.val_split < 0:
         _fail("dataset.val_split", d.val_split, "must be >= 0: a fraction below 1 or a count")
-    if d.train_subset is not None and d.train_subset < 1:
-        _fail("dataset.train_subset", d.train_subset, "must be at least 1 (or null for all)")
+    for key in ("train_subset", "test_subset"):
+        if d[key] is not None and d[key] < 1:
+            _fail(f"dataset.{key}", d[key], "must be at least 1 (or null for all)")
+    if d.num_workers < 0:
+        _fail("dataset.num_workers", d.num_workers, "must be >= 0 (0: load in the main process)")
+    if d.prefetch_factor < 1:
+        _fail("dataset.prefetch_factor", d.prefetch_factor, "must be at least 1")
     if d.shift < 0:
         _fail("dataset.shift", d.shift, "must be >= 0 pixels")
     if len(d.mean) != len(d.std):
         _fail("dataset.std", list(d.std), "needs one value per channel, like dataset.mean")
     if any(s <= 0 for s in d.std):
         _fail("dataset.std", list(d.std), "every value must be > 0")
+
+
+def _check_logger(trackers: DictConfig) -> None:
+    wandb = trackers.wandb
+    if wandb is not None and wandb.mode is not None and wandb.mode not in WANDB_MODES:
+        _fail("logger.wandb.mode", wandb.mode,
+              f"choose one of {', '.join(WANDB_MODES)} (or null: offline unless logged in)")
 
 
 def _check_scheme(s: DictConfig) -> None:
@@ -289,11 +383,28 @@ def check_overrides(cfg: DictConfig, overrides: List[str]) -> None:
 
 def ce_weight(cfg: DictConfig) -> float:
     """lambda, the weight of the hard-label term: by default 1 - alpha when Hinton's soft targets (whose
-    weight is alpha) are among the terms, as in the paper's weighted average; 1 otherwise, since the
-    other methods' papers add their term to the full cross-entropy."""
+    weight is alpha) are among the terms, as in the paper's weighted average; 0 for `logits` alone,
+    since Ba & Caruana's mimic models regress the teacher's logits without the labels; 1 otherwise,
+    since the other methods' papers add their term to the full cross-entropy."""
     if cfg["lambda"] is not None:
         return float(cfg["lambda"])
-    return round(1.0 - float(cfg.alpha), 12) if "hinton" in cfg.kd else 1.0
+    if "hinton" in cfg.kd:
+        return round(1.0 - float(cfg.alpha), 12)
+    return 0.0 if list(cfg.kd) == ["logits"] else 1.0
+
+
+def ensemble_combine(cfg: DictConfig) -> str:
+    """How a teacher ensemble's members make one set of logits. `logits` regresses them, and
+    mean_probs hands it T * log(mean probability), which is no logit (two identical members would
+    give a loss of ~100 where 0 is right): auto takes the mean of the logits for it, and an explicit
+    mean_probs is refused."""
+    combine, regresses = cfg.ensemble.combine, "logits" in cfg.kd
+    if combine == "auto":
+        return "mean_logits" if regresses else "mean_probs"
+    if combine == "mean_probs" and regresses:
+        _fail("ensemble.combine", combine, "kd=logits regresses the teacher's logits, and the averaged probabilities "
+              "give no logits to regress: use ensemble.combine=auto or mean_logits")
+    return combine
 
 
 def student_epochs(cfg: DictConfig) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import time
 from collections import defaultdict
@@ -20,8 +21,12 @@ from tqdm import tqdm
 
 from kdrun import Interrupted, KdrunError
 from kdrun.checkpoint import load_checkpoint, save_checkpoint
+from kdrun.loggers.console import EpochLog
 from kdrun.methods.base import Distiller
 from kdrun.models import logits_of
+from kdrun.speed import OptimizerStep, grad_scaler
+
+log = logging.getLogger(__name__)
 
 
 def reseed(seed: int, role: str, epoch: int = 0) -> None:
@@ -32,13 +37,28 @@ def reseed(seed: int, role: str, epoch: int = 0) -> None:
     torch.manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
 
-def lr_factor(schedule: str, epoch: int, epochs: int, milestones=(), gamma: float = 0.1) -> float:
-    """The learning-rate multiplier of a (1-based) epoch: a pure function, so resuming needs no state."""
+def lr_factor(schedule: str, epoch: int, epochs: int, milestones=(), gamma: float = 0.1, warmup_epochs: int = 0,
+              progress: float = 1.0) -> float:
+    """The learning-rate multiplier of a (1-based) epoch, `progress` (0..1] of the way through it: a
+    pure function, so resuming needs no state. A warmup ramps linearly from 0 to 1 over the first
+    `warmup_epochs`, per step, and multiplies the schedule."""
+    factor = 1.0
     if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
-    if schedule == "multistep":
-        return gamma ** sum(epoch > m for m in milestones)
-    return 1.0
+        factor = 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+    elif schedule == "multistep":
+        factor = gamma ** sum(epoch > m for m in milestones)
+    if warmup_epochs and epoch <= warmup_epochs:
+        factor *= min(1.0, (epoch - 1 + progress) / warmup_epochs)
+    return factor
+
+
+def topk_correct(logits: torch.Tensor, y: torch.Tensor, k: int = 5) -> torch.Tensor:
+    """How many labels are among the k highest logits."""
+    return (logits.topk(k, dim=1).indices == y[:, None]).any(1).sum()
+
+
+def reports_top5(logits: torch.Tensor) -> bool:
+    return logits.shape[1] > 10  # top-5 of 10 classes or fewer says little
 
 
 def make_optimizer(recipe, params) -> torch.optim.Optimizer:
@@ -50,14 +70,18 @@ def make_optimizer(recipe, params) -> torch.optim.Optimizer:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line, one line per model per epoch."""
+    """metrics.jsonl: one JSON object per line, one line per model per epoch. Every line also goes to
+    the run's trackers (kdrun.loggers.Trackers: TensorBoard, MLflow, ...), after it is on disk."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, trackers=None):
         self.path = Path(path)
+        self.trackers = trackers
 
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.trackers is not None:
+            self.trackers.log_metrics(record)
 
     def read(self) -> list[dict]:
         if not self.path.exists():
@@ -73,17 +97,21 @@ class MetricsLog:
 def train_one_epoch(
     model: Distiller,
     loader: Iterable,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | OptimizerStep,
     device: torch.device,
     desc: str,
     progress: bool = True,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> dict:
+    """One pass over `loader`; `optimizer` is a torch optimizer or an OptimizerStep (fp16 loss scaling,
+    gradient clipping, a per-step learning rate)."""
+    update = optimizer if isinstance(optimizer, OptimizerStep) else OptimizerStep(optimizer)
     model.train()
     # A trainer of several models (online peers, early-exit heads) prefixes each model's keys with
     # its name ("peer1/loss_ce", "peer1/logits"); a plain Distiller's keys have no prefix.
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device))
     correct: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.long))
+    correct5: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.long))
     seen = 0
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if progress else True)
@@ -94,9 +122,7 @@ def train_one_epoch(
         if len(y) < 2:  # batch norm cannot train on a single image (a last, tiny batch)
             continue
         out = model(x, y, **(extras[0] if extras else {}))
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
+        update(out["loss"])
         # Sums stay on the device: no host sync per step.
         for key, value in out.items():
             prefix, _, term = key.rpartition("/")
@@ -104,6 +130,8 @@ def train_one_epoch(
                 sums[key] += value.detach() * len(y)
             elif term == "logits":
                 correct[prefix] += (value.argmax(1) == y).sum()
+                if reports_top5(value):
+                    correct5[prefix] += topk_correct(value.detach(), y)
         seen += len(y)
         if step % 25 == 0 and not bar.disable:
             first = next(iter(correct))
@@ -115,22 +143,26 @@ def train_one_epoch(
     if not math.isfinite(metrics["train/loss"]):
         raise KdrunError(f"{desc}: the training loss became {metrics['train/loss']}; lower the learning rate (lr)")
     metrics.update({f"train/{prefix}/acc" if prefix else "train/acc": c.item() / seen for prefix, c in correct.items()})
+    metrics.update({f"train/{prefix}/acc5" if prefix else "train/acc5": c.item() / seen for prefix, c in correct5.items()})
     metrics.update({"seconds": seconds, "images_per_sec": seen / seconds})
     return metrics
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict:
-    """Accuracy, error count and mean cross-entropy of `model` over a loader."""
+    """Accuracy, error count and mean cross-entropy of `model` over a loader; top-5 accuracy (`acc5`) too
+    with more than 10 classes."""
     model.eval()
-    correct, n, loss = 0, 0, 0.0
+    correct, correct5, n, loss = 0, 0, 0, 0.0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = logits_of(model(x))
         loss += torch.nn.functional.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
+        correct5 += topk_correct(logits, y).item() if reports_top5(logits) else 0
         n += len(y)
-    return {"acc": correct / n, "errors": n - correct, "images": n, "loss": loss / n}
+    top5 = {"acc5": correct5 / n} if reports_top5(logits) else {}
+    return {"acc": correct / n, **top5, "errors": n - correct, "images": n, "loss": loss / n}
 
 
 @dataclass
@@ -184,6 +216,7 @@ def fit(
     best_paths = {name: ckpt_dir / f"{name}_best.pt" for name in members}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(recipe, params)
+    update = OptimizerStep(optimizer, grad_scaler(getattr(model, "amp_dtype", None), device), recipe.get("grad_clip"))
     first_epoch = 1
     best: Dict[str, Tuple[int, Optional[float]]] = {name: (0, None) for name in members}
     if resume and last_path.exists():
@@ -196,19 +229,30 @@ def fit(
         model.student.load_state_dict(state["model"])
         model.methods.load_state_dict(state["methods"])
         optimizer.load_state_dict(state["optimizer"])
+        if update.scaler is not None and "scaler" in state:
+            update.scaler.load_state_dict(state["scaler"])
         first_epoch, best = state["epoch"] + 1, {name: tuple(b) for name, b in state["best"].items()}
         for name in members:
             metrics.drop_after(name, state["epoch"])
+        log.info("%s: resuming after epoch %d of %d (%s)", role, state["epoch"], epochs, last_path)
     train_loader = data.loader("train", recipe.batch_size, shuffle=True, augment=recipe.augment, extras=train_extras,
                                exclude=recipe.exclude_classes)
     val_loader = data.loader("val", 1024) if data.has_val else None
+    epoch_log = EpochLog(epochs)
 
     for epoch in range(first_epoch, epochs + 1):
         reseed(seed, role, epoch)
-        lr = recipe.lr * lr_factor(recipe.schedule, epoch, epochs, recipe.milestones, recipe.gamma)
+        steps, warmup = len(train_loader), recipe.get("warmup_epochs", 0)
+
+        def lr_at(step: int, epoch=epoch) -> float:
+            return recipe.lr * lr_factor(recipe.schedule, epoch, epochs, recipe.milestones, recipe.gamma, warmup,
+                                         (step + 1) / steps)
+
+        lr = lr_at(steps - 1)  # the epoch's rate (its last step's, during a warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        train = train_one_epoch(model, train_loader, optimizer, device, f"{role} {epoch}/{epochs}", progress,
+        update.start_epoch(lr_at if warmup and epoch <= warmup else None)
+        train = train_one_epoch(model, train_loader, update, device, f"{role} {epoch}/{epochs}", progress,
                                 should_stop)
         timing = {k: train.pop(k) for k in ("seconds", "images_per_sec")}
         for name, (module, member_meta) in members.items():
@@ -217,7 +261,8 @@ def fit(
             improved = True
             if val_loader is not None:
                 val = evaluate(module, val_loader, device)
-                record.update({"val/acc": val["acc"], "val/loss": val["loss"]})
+                record.update({"val/acc": val["acc"], **({"val/acc5": val["acc5"]} if "acc5" in val else {}),
+                               "val/loss": val["loss"]})
                 improved = best[name][1] is None or val["acc"] > best[name][1]
             if improved:
                 best[name] = (epoch, record.get("val/acc"))
@@ -225,9 +270,11 @@ def fit(
                                  **({"methods": model.methods.state_dict()} if single else {}),
                                  "epoch": epoch, "val_acc": best[name][1]}, best_paths[name])
             metrics.write(record)
+            epoch_log(record, best[name])
         save_checkpoint(
             {**(meta or {}), "model": model.student.state_dict(), "methods": model.methods.state_dict(),
-             "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best, "config_digest": config_digest},
+             "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best, "config_digest": config_digest,
+             **({"scaler": update.scaler.state_dict()} if update.scaler is not None else {})},
             last_path,
         )
     results = {name: FitResult(best_epoch=best[name][0], best_val_acc=best[name][1], best_path=best_paths[name])

@@ -30,7 +30,8 @@ from kdrun import KdrunError
 log = logging.getLogger(__name__)
 
 # What a model file records beside arch/num_classes/in_channels (kdrun.models.model_meta).
-RECORDED = ("kwargs", "image_size", "min_input_size", "mean", "std", "classes", "first_conv_rebuilt", "dataset")
+RECORDED = ("library", "target", "kwargs", "image_size", "min_input_size", "mean", "std", "classes",
+            "first_conv_rebuilt", "dataset")
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".safetensors"}
 
 
@@ -38,13 +39,15 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "safetensors": ".s
 class ModelInfo:
     """What rebuilds a model and feeds it: `preprocess()` turns images into its input."""
 
-    arch: str
+    arch: str  # with `library` (timm) or `target` (your own factory) where the model comes from there
     num_classes: int
     in_channels: int
     image_size: Optional[int]
     mean: Optional[list]
     std: Optional[list]
     min_input_size: Optional[int] = None
+    library: Optional[str] = None
+    target: Optional[str] = None
     kwargs: dict = field(default_factory=dict)
     classes: Optional[list] = None
     first_conv_rebuilt: bool = False  # a torchvision model whose first Conv2d takes in_channels (kdrun.models.tv)
@@ -92,6 +95,9 @@ def checkpoint_path(path, which: str = "student") -> Path:
     if which == "teacher" and teacher.get("members"):
         raise KdrunError(f"{path}: its teacher is an ensemble: load one member, which=teacher.<member> "
                          f"({', '.join('teacher.' + m for m in teacher['members'])})")
+    if which == "teacher" and teacher.get("source") == "pretrained":
+        raise KdrunError(f"{path}: its teacher is {teacher['arch']} with the published weights {teacher.get('weights')}, "
+                         "used as they are, not a model kdrun wrote: build it as the run did (teacher.pretrained)")
     if which == "teacher" and teacher.get("path"):
         return Path(teacher["path"])
     if which.startswith("teacher.") and which[8:] in (teacher.get("members") or {}):
@@ -99,7 +105,7 @@ def checkpoint_path(path, which: str = "student") -> Path:
     alias = _alias(summary, which)
     if alias and (ckpt / f"{alias}_best.pt").is_file():
         return ckpt / f"{alias}_best.pt"
-    if which == "student" and (summary.get("student") or {}).get("source", "").startswith("untrained"):
+    if which == "student" and "(epochs=0)" in (summary.get("student") or {}).get("source", ""):
         raise KdrunError(f"{path}: this run trained no student (epochs=0): load its teacher (which=teacher)")
     names = sorted(p.name[: -len("_best.pt")] for p in ckpt.glob("*_best.pt")) + (["teacher"] if teacher else [])
     raise KdrunError(f"{path}: has no {which} model; choose one of: {', '.join(names) or '(none)'}")
@@ -151,7 +157,8 @@ def _complete(record: dict, file: Path, given: dict, data_dir: Optional[str]) ->
     node, dataset, source = _siblings(file)
     if node is not None:
         record.setdefault("kwargs", node.get("kwargs") or {})
-        record.setdefault("min_input_size", node.get("min_input_size"))
+        for key in ("min_input_size", "library", "target"):
+            record.setdefault(key, node.get(key))
     if dataset is not None:
         record.setdefault("dataset", dataset)
         record.setdefault("mean", dataset.get("mean"))
@@ -166,8 +173,9 @@ def _complete(record: dict, file: Path, given: dict, data_dir: Optional[str]) ->
     record.setdefault("kwargs", {})
     from kdrun.models import rebuilds_first_conv
 
-    record.setdefault("first_conv_rebuilt", rebuilds_first_conv(record["arch"], record["in_channels"]))
-    unknown = [k for k in missing if record.get(k) is None and k not in ("min_input_size",)]
+    record.setdefault("first_conv_rebuilt", rebuilds_first_conv(record["arch"], record["in_channels"],
+                                                                record.get("library"), record.get("target")))
+    unknown = [k for k in missing if record.get(k) is None and k not in ("min_input_size", "library", "target")]
     log.warning("%s was written before kdrun recorded how to rebuild and feed its model: it lacks %s%s%s", file,
                 ", ".join(missing), f"; filled in from {source}" if source else "",
                 f"; still unknown: {', '.join(unknown)} (pass them to load_model(..., key=value))" if unknown else "")
@@ -196,14 +204,16 @@ def load_model(path, which: str = "student", device="cpu", data_dir: Optional[st
         raise KdrunError(f"{file}: its input size is unknown (a file from an older kdrun whose dataset could not be "
                          "read): pass it, load_model(..., image_size=28), or set data_dir")
     model = build_model(record["arch"], record["num_classes"], record["in_channels"], record["image_size"],
-                        record.get("min_input_size"), **(record.get("kwargs") or {}))
+                        record.get("min_input_size"), target=record.get("target"), library=record.get("library"),
+                        **(record.get("kwargs") or {}))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise KdrunError(f"{file}: the weights do not fit {record['arch']} ({' '.join(str(e).split())[:300]})") from None
     info = ModelInfo(arch=record["arch"], num_classes=record["num_classes"], in_channels=record["in_channels"],
                      image_size=record["image_size"], mean=record.get("mean"), std=record.get("std"),
-                     min_input_size=record.get("min_input_size"), kwargs=record.get("kwargs") or {},
+                     min_input_size=record.get("min_input_size"), library=record.get("library"),
+                     target=record.get("target"), kwargs=record.get("kwargs") or {},
                      classes=record.get("classes"), first_conv_rebuilt=bool(record.get("first_conv_rebuilt")),
                      dataset=record.get("dataset"), path=str(file), missing=missing)
     return model.to(device).eval(), info
@@ -341,7 +351,7 @@ def _export_safetensors(model: nn.Module, x: torch.Tensor, out: Path, card: dict
 
     save_model(model, str(out), metadata={"kdrun": json.dumps(card)})
     fresh = build_model(card["arch"], card["num_classes"], card["in_channels"], card["image_size"],
-                        card["min_input_size"], **card["kwargs"])
+                        card["min_input_size"], target=card["target"], library=card["library"], **card["kwargs"])
     load_safetensors(fresh, str(out))
     return fresh.eval()(x)
 

@@ -50,12 +50,14 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     table = Table(title=f"kdrun: {summary['dataset']}, kd={'+'.join(summary['kd']) or 'none'}, "
                         f"scheme={summary['scheme']}")
     rows = summary_rows(summary)
+    top5 = any("test_acc5" in info for info in rows.values())
     deployed = any("deploy" in info for info in rows.values())
-    for column in ("model", "arch", "params", "test acc", "errors", "val epoch", "source",
-                   *(DEPLOY_COLUMNS if deployed else ())):
+    for column in ("model", "arch", "params", "test acc", *(("top-5",) if top5 else ()), "errors", "val epoch",
+                   "source", *(DEPLOY_COLUMNS if deployed else ())):
         table.add_column(column, justify="left" if column in ("model", "arch", "source") else "right")
     for role, info in rows.items():
-        table.add_row(role, info["arch"], f"{info['params']:,}", f"{100 * info['test_acc']:.2f}%",
+        acc5 = (f"{100 * info['test_acc5']:.2f}%" if "test_acc5" in info else "-",) if top5 else ()
+        table.add_row(role, info["arch"], f"{info['params']:,}", f"{100 * info['test_acc']:.2f}%", *acc5,
                       f"{info['test_errors']}/{info['test_images']}", str(info.get("best_val_epoch") or "-"),
                       info.get("source", "trained"), *(deploy_cells(info) if deployed else ()))
     console.print(table)
@@ -157,7 +159,9 @@ def print_sweep(groups: list[dict], keys: list[str], by_seed: bool, has_scratch:
     table.add_column("status", min_width=6)
     if by_seed:
         table.add_column("n", justify="right")
-    for column in ("student test %", "val %", "teacher test %", *(("scratch %", "gain") if has_scratch else ())):
+    top5 = any(g.get("student_test_acc5_mean") is not None for g in groups)
+    for column in ("student test %", *(("top-5 %",) if top5 else ()), "val %", "teacher test %",
+                   *(("scratch %", "gain") if has_scratch else ())):
         table.add_column(column, justify="right", min_width=6)  # a narrow terminal folds keys, not numbers
     for g in groups:
         student = format_value("student_test_acc", g["student_test_acc_mean"])
@@ -165,7 +169,8 @@ def print_sweep(groups: list[dict], keys: list[str], by_seed: bool, has_scratch:
             student += f" ± {format_value('student_test_acc', g['student_test_acc_std'])}"
         cells = [g["jobs"]] if not by_seed else []
         cells += [short(g[k]) for k in keys] + [_status(g)] + ([str(g["n"])] if by_seed else [])
-        cells += [student, format_value("student_val_acc", g["student_val_acc_mean"]),
+        cells += [student, *((format_value("student_test_acc5", g["student_test_acc5_mean"]),) if top5 else ()),
+                  format_value("student_val_acc", g["student_val_acc_mean"]),
                   format_value("teacher_test_acc", g["teacher_test_acc_mean"])]
         if has_scratch:
             cells += [format_value("scratch_test_acc", g["scratch_test_acc"]), format_value("gain", g["gain_mean"])]
@@ -259,11 +264,15 @@ class SweepSummary(Callback):
     summary, plots and table, in the sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from kdrun.loggers import log_sweep
+
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
-            write_report([sweep_dir], sweep_dir)
+            report = write_report([sweep_dir], sweep_dir)
         except Exception:  # the jobs' own results are safe on disk: a report problem must not hide them
             log.exception("the sweep summary failed; rebuild it with: kdrun-report %s", sweep_dir)
+            return
+        log_sweep(config.get("logger"), sweep_dir, report)  # e.g. into the sweep's MLflow experiment
 
 
 def main(argv: Optional[list[str]] = None) -> None:

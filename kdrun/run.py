@@ -22,6 +22,9 @@ from kdrun.checkpoint import write_json_atomic
 from kdrun.config import ce_weight, check, check_overrides, plain
 from kdrun.data import build_data
 from kdrun.engine import MetricsLog
+from kdrun.loggers import Trackers, open_trackers, run_info
+from kdrun.loggers.console import chance_level, run_header
+from kdrun.report import summary_rows
 from kdrun.schemes import RunContext, get_scheme
 
 log = logging.getLogger(__name__)
@@ -78,10 +81,10 @@ def stop_on_signals():
 
 
 def config_digest(cfg: DictConfig) -> str:
-    """Identifies what a run computes (everything but `resume`, `progress`, where the data lives and
-    whether the deployment report is measured)."""
+    """Identifies what a run computes (everything but `resume`, `progress`, the trackers, where the
+    data lives and whether the deployment report is measured)."""
     node = plain(cfg)
-    for key in ("resume", "progress", "data_dir", "dry_run", "deploy_report"):
+    for key in ("resume", "progress", "data_dir", "dry_run", "logger", "deploy_report"):
         node.pop(key, None)
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -147,13 +150,18 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
 
     started = time.time()
     device = pick_device(cfg.device)
+    for line in run_header(cfg, run_dir, device):
+        log.info(line)
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.dataset, cfg.data_dir, device)
     log.info("data: %s, %s train / %s val / %s test images, %d classes, on %s", data.name, data.sizes["train"],
              data.sizes["val"], data.sizes["test"], data.num_classes, device)
-    with stop_on_signals() as should_stop:
-        ctx = RunContext(cfg=cfg, run_dir=run_dir, device=device, data=data, metrics=MetricsLog(run_dir / "metrics.jsonl"),
-                         config_digest=digest, should_stop=should_stop)
+    # Before any training: a tracker whose package is missing stops the run here, with one line.
+    trackers = Trackers() if cfg.dry_run else open_trackers(cfg, run_info(run_dir))
+    with trackers, stop_on_signals() as should_stop:
+        ctx = RunContext(cfg=cfg, run_dir=run_dir, device=device, data=data,
+                         metrics=MetricsLog(run_dir / "metrics.jsonl", trackers), config_digest=digest,
+                         should_stop=should_stop)
         models = get_scheme(cfg.scheme.name)(ctx)
     modules = models.pop("modules", {})  # the trained models themselves, for the deployment report
     if cfg.dry_run:
@@ -188,6 +196,10 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         "git_commit": _git_commit(),
     }
     write_json_atomic(summary_path, summary)
+    for name, info in summary_rows(summary).items():  # an offline teacher was checked before the student trained
+        if not (cfg.scheme.name == "offline" and name.startswith("teacher")):
+            chance_level(name, info.get("test_acc"), data.num_classes)
+    trackers.finish(summary)
     return summary
 
 

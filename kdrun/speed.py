@@ -2,10 +2,11 @@
 
 `auto` turns the first two on where they pay off (bf16 autocast on a CUDA device that supports it,
 channels_last for convolutional models on CUDA) and off elsewhere; compile is opt-in, as it costs
-minutes of compilation before the first step."""
+minutes of compilation before the first step. fp16 needs its loss scaled: `OptimizerStep` does that
+(with a GradScaler) together with gradient clipping, which must see the unscaled gradients."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -69,3 +70,43 @@ class MixedPrecision(nn.Module):
 def speed_settings(cfg, device: torch.device, model: nn.Module) -> dict:
     """The MixedPrecision arguments for a run's config."""
     return dict(amp_dtype=amp_dtype(cfg.amp, device), channels_last=use_channels_last(cfg.channels_last, device, model))
+
+
+def grad_scaler(amp_dtype: Optional[torch.dtype], device: torch.device) -> Optional[torch.amp.GradScaler]:
+    """A GradScaler under fp16, whose smallest normal number is 6e-5: unscaled, small gradients underflow
+    to zero. bf16 has float32's range and needs none."""
+    return torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+
+
+class OptimizerStep:
+    """One update from a loss: backward (of the scaled loss, with a scaler), the gradients' norm clipped
+    to `grad_clip` (after unscaling them), then the optimizer's step, which the scaler skips, lowering
+    its scale, when a gradient is inf or NaN. `lr_at(i)`, when set, gives the learning rate of the
+    epoch's i-th step (a warmup), set before each step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler] = None,
+                 grad_clip: Optional[float] = None):
+        self.optimizer, self.scaler, self.grad_clip = optimizer, scaler, grad_clip
+        self.lr_at: Optional[Callable[[int], float]] = None
+        self.step_in_epoch = 0
+
+    def start_epoch(self, lr_at: Optional[Callable[[int], float]] = None) -> None:
+        self.lr_at, self.step_in_epoch = lr_at, 0
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        if self.lr_at is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(self.step_in_epoch)
+        self.step_in_epoch += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        if self.grad_clip:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.optimizer)
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()

@@ -20,6 +20,7 @@ from kdrun import KdrunError
 
 # Overrides that change how a run is carried out or recorded, not what it computes. They are not
 # columns, so a sweep continued with `resume=true` has the same rows (and seed groups) as before.
+# Nor are the trackers' settings (`logger=...`, `logger.mlflow.*`), nor `deploy_report` (it measures, changes nothing).
 BOOKKEEPING = frozenset({"resume", "progress", "data_dir", "teacher_cache", "deploy_report"})
 # What a student trained without a teacher cannot depend on: ignored when a job is matched to the
 # scratch baseline (the `kd=none` jobs), and so is the seed (the baseline is a mean over seeds).
@@ -27,6 +28,7 @@ NOT_BASELINE = frozenset({"kd", "T", "alpha", "lambda", "teacher", "seed"})
 NOT_BASELINE_PREFIXES = ("kd.", "teacher.")
 
 METRICS = ("teacher_test_acc", "student_test_acc", "student_val_acc")
+TOP5 = ("teacher_test_acc5", "student_test_acc5")  # columns of their own when a job reports top-5 (>10 classes)
 # From each model's deployment report (summary.json's `deploy`, kdrun/deploy.py): column -> (model, key).
 DEPLOY = {"student_params": ("student", "params"), "student_macs": ("student", "macs"),
           "student_cpu_latency_ms": ("student", "cpu_latency_ms"), "student_throughput": ("student", "throughput"),
@@ -87,7 +89,7 @@ def parse_overrides(items: Iterable[str]) -> dict:
     for item in items:
         key, _, value = str(item).partition("=")
         key = key.lstrip("+~")
-        if key and key not in BOOKKEEPING and not key.startswith("hydra."):
+        if key and key not in BOOKKEEPING and not key.startswith(("hydra.", "logger")):
             out[key] = value
     return out
 
@@ -185,11 +187,16 @@ class Summary:
     keys: list
     rows: list
     has_scratch: bool  # the sweep has a kd=none job: rows carry scratch_test_acc and gain
+    has_top5: bool = False  # a job reports top-5 accuracy: rows carry teacher/student_test_acc5
     has_deploy: bool = False  # a job has a deployment report: rows carry the DEPLOY columns
 
     @property
+    def metrics(self) -> tuple:
+        return METRICS + (TOP5 if self.has_top5 else ())
+
+    @property
     def columns(self) -> list:
-        return ["job", "status", *self.keys, *METRICS, *(("scratch_test_acc", "gain") if self.has_scratch else ()),
+        return ["job", "status", *self.keys, *self.metrics, *(("scratch_test_acc", "gain") if self.has_scratch else ()),
                 *(DEPLOY if self.has_deploy else ()), "wall_time_s", "error"]
 
 
@@ -200,6 +207,7 @@ def summarise(jobs: list[Job]) -> Summary:
     keys = override_keys(jobs)
     baselines = scratch_baselines(jobs)
     has_scratch = any(job.is_scratch for job in jobs)
+    has_top5 = any("test_acc5" in (job.summary.get(m) or {}) for job in jobs for m in ("teacher", "student"))
     has_deploy = any("deploy" in (job.summary.get("student") or {}) for job in jobs)
     rows = []
     for job in jobs:
@@ -208,6 +216,8 @@ def summarise(jobs: list[Job]) -> Summary:
         row = {"job": job.name, "status": job.status, **{k: job.overrides.get(k, "") for k in keys},
                "teacher_test_acc": teacher.get("test_acc"), "student_test_acc": student.get("test_acc"),
                "student_val_acc": student.get("best_val_acc")}
+        if has_top5:
+            row.update({"teacher_test_acc5": teacher.get("test_acc5"), "student_test_acc5": student.get("test_acc5")})
         if has_scratch:
             row["scratch_test_acc"] = baselines.get(job.name)
             row["gain"] = _diff(row["student_test_acc"], row["scratch_test_acc"])
@@ -218,7 +228,7 @@ def summarise(jobs: list[Job]) -> Summary:
         row["wall_time_s"] = s.get("wall_time_s")
         row["error"] = s.get("error", "")
         rows.append(row)
-    return Summary(keys=keys, rows=rows, has_scratch=has_scratch, has_deploy=has_deploy)
+    return Summary(keys=keys, rows=rows, has_scratch=has_scratch, has_top5=has_top5, has_deploy=has_deploy)
 
 
 def aggregate_seeds(summary: Summary) -> tuple[list[str], list[dict]]:
@@ -234,7 +244,7 @@ def aggregate_seeds(summary: Summary) -> tuple[list[str], list[dict]]:
         group = {**dict(zip(group_keys, values)), "jobs": " ".join(r["job"] for r in members), "n": len(ok),
                  "n_failed": sum(r["status"] == "failed" for r in members),
                  "n_missing": sum(r["status"] == "missing" for r in members)}
-        for metric in METRICS:
+        for metric in summary.metrics:
             xs = [r[metric] for r in ok if r[metric] is not None]
             group[f"{metric}_mean"] = _mean(xs)
             if metric == "student_test_acc":
@@ -245,7 +255,7 @@ def aggregate_seeds(summary: Summary) -> tuple[list[str], list[dict]]:
         group["error"] = next((r["error"] for r in members if r["error"]), "")
         out.append(group)
     columns = [*group_keys, "jobs", "n", "n_failed", "n_missing", "teacher_test_acc_mean", "student_test_acc_mean",
-               "student_test_acc_std", "student_val_acc_mean",
+               "student_test_acc_std", "student_val_acc_mean", *(f"{m}_mean" for m in TOP5 if summary.has_top5),
                *(("scratch_test_acc", "gain_mean") if summary.has_scratch else ()), "error"]
     return columns, out
 

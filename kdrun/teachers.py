@@ -18,18 +18,27 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from kdrun.checkpoint import load_checkpoint, load_weights, save_checkpoint, write_json_atomic
-from kdrun.config import plain, teacher_members
+from kdrun.config import ensemble_combine, plain, teacher_members
 from kdrun.losses.response import ensemble_logits
 from kdrun.engine import MetricsLog, evaluate, fit, reseed
 from kdrun.methods.base import Distiller
-from kdrun.models import build_from_config, count_parameters, logits_of, model_meta
+from kdrun.models import build_from_config, count_parameters, logits_of, model_meta, pretrained_of, weights_identity
 
 log = logging.getLogger(__name__)
 
 # Bump when a change in kdrun would train a different teacher from the same config.
 CACHE_FORMAT = 1
 # Dataset keys that say where the data lives or how it is read, not what it is.
-_NOT_IDENTITY = {"root", "num_workers"}
+_NOT_IDENTITY = {"root", "num_workers", "prefetch_factor", "download"}
+# Keys added since CACHE_FORMAT 1 count only when set: at these values they train the teacher as before,
+# so the teachers already cached keep their digests.
+_ADDED_TEACHER = {"pretrained": False, "target": None, "library": None, "label_smoothing": 0.0,
+                  "warmup_epochs": 0, "grad_clip": None}
+_ADDED_DATASET = {"test_subset": None, "resize_size": None, "target": None, "kwargs": {}}
+
+
+def _identity(node: dict, added: dict) -> dict:
+    return {k: v for k, v in node.items() if not (k in added and v == added[k])}
 
 
 def teacher_seed(cfg) -> int:
@@ -38,17 +47,21 @@ def teacher_seed(cfg) -> int:
 
 def teacher_digest(cfg) -> str:
     """sha256 over the architecture, training recipe, dataset (content, split, augmentation) and seed."""
-    teacher = {k: v for k, v in plain(cfg.teacher).items()
-               if k not in ("checkpoint", "seed", "members", "ensemble_seeds")}
-    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in _NOT_IDENTITY}
+    teacher = _identity({k: v for k, v in plain(cfg.teacher).items()
+                         if k not in ("checkpoint", "seed", "members", "ensemble_seeds")}, _ADDED_TEACHER)
+    dataset = _identity({k: v for k, v in plain(cfg.dataset).items() if k not in _NOT_IDENTITY}, _ADDED_DATASET)
     identity = {"format": CACHE_FORMAT, "teacher": teacher, "dataset": dataset, "seed": teacher_seed(cfg)}
+    weights = weights_identity(cfg.teacher)
+    if weights:  # the weights themselves: `true` is the library's current default, which a release may change
+        teacher["pretrained"] = weights
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def test_report(model: nn.Module, data, device, best_epoch=None, best_val_acc=None) -> dict:
     """The test-set numbers of a finished model (the test set is read once, here)."""
     test = evaluate(model, data.loader("test", 1024), device)
-    return {"params": count_parameters(model), "test_acc": test["acc"], "test_errors": test["errors"],
+    top5 = {"test_acc5": test["acc5"]} if "acc5" in test else {}
+    return {"params": count_parameters(model), "test_acc": test["acc"], **top5, "test_errors": test["errors"],
             "test_images": test["images"], "best_val_epoch": best_epoch, "best_val_acc": best_val_acc}
 
 
@@ -78,10 +91,11 @@ def get_teachers(cfg, data, device, run_metrics: MetricsLog, progress: bool, sho
                                        "teacher_cache": cfg.teacher_cache})
         models[name], infos[name] = get_teacher(member_cfg, data, device, run_metrics, progress, should_stop, train,
                                                 label=f"teacher.{name}")
-    ensemble = Ensemble(models, cfg.ensemble.combine, T).to(device)
+    combine = ensemble_combine(cfg)
+    ensemble = Ensemble(models, combine, T).to(device)
     report = test_report(ensemble, data, device) if train else {}
     return ensemble, {"arch": "ensemble of " + "+".join(infos), "source": "ensemble",
-                      "combine": cfg.ensemble.combine, "T": float(T), **report, "members": infos}
+                      "combine": combine, "T": float(T), **report, "members": infos}
 
 
 def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, should_stop: Callable[[], bool],
@@ -98,6 +112,13 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
         model.to(device)
         info = {"arch": node.name, "source": "checkpoint", "path": str(Path(node.checkpoint).resolve())}
         return model, {**info, **test_report(model, data, device)}
+    published = pretrained_of(model)
+    if published and published["num_classes"] == data.num_classes:
+        # Published weights for as many classes as the data has (ImageNet's, in torchvision's order,
+        # which is the sorted order of ImageNet's class folders): the teacher as it is, no training.
+        model.to(device)
+        info = {"arch": node.name, "source": "pretrained", "weights": published["weights"], "path": published["file"]}
+        return model, {**info, **(test_report(model, data, device) if train else {})}
 
     digest = teacher_digest(cfg)
     folder = Path(cfg.teacher_cache).resolve() / digest
@@ -119,12 +140,13 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
         load_weights(model, weights, "teacher cache", **meta)
         report = json.loads(meta_file.read_text())["report"]
     model.to(device)
-    return model, {"arch": node.name, "source": source, "path": str(weights), "digest": digest, **report}
+    fine_tuned = {"weights": published["weights"]} if published else {}  # the published weights it started from
+    return model, {"arch": node.name, "source": source, **fine_tuned, "path": str(weights), "digest": digest, **report}
 
 
 def _train_into(folder: Path, model, cfg, data, device, meta, progress, should_stop) -> None:
     node = cfg.teacher
-    trainer = Distiller(model).to(device)
+    trainer = Distiller(model, label_smoothing=node.label_smoothing).to(device)
     # A partial teacher (an interrupted job) resumes from its last epoch: its digest says it is the same.
     result = fit(trainer, data, node, node.epochs, device, folder, "teacher", MetricsLog(folder / "metrics.jsonl"),
                  seed=teacher_seed(cfg), resume=True, config_digest=teacher_digest(cfg), meta=meta,

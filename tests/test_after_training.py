@@ -96,6 +96,7 @@ def test_every_model_file_records_what_rebuilds_and_feeds_the_model(runs):
         node = runs["cfg"].student if record["arch"] == "mlp800" else runs["cfg"].teacher
         assert record["classes"] == [str(i) for i in range(10)] and record["kwargs"] == dict(node.kwargs)
         assert record["min_input_size"] is None and record["first_conv_rebuilt"] is False
+        assert record["library"] is None and record["target"] is None
         assert record["dataset"]["name"] == "fake" and record["dataset"]["num_test"] == 256
 
 
@@ -210,8 +211,8 @@ def test_a_checkpoint_from_before_this_change_still_loads_with_a_note(runs, tmp_
     # on its own it cannot say its input size: the note says what it lacks and how to give it
     with pytest.raises(KdrunError, match="its input size is unknown .* pass it, load_model"):
         load_model(tmp_path / "old.pt")
-    assert "old.pt was written before kdrun recorded how to rebuild and feed its model: it lacks kwargs, " \
-           "image_size, min_input_size, mean, std, classes, first_conv_rebuilt, dataset" in caplog.text
+    assert "old.pt was written before kdrun recorded how to rebuild and feed its model: it lacks library, target, " \
+           "kwargs, image_size, min_input_size, mean, std, classes, first_conv_rebuilt, dataset" in caplog.text
     model, info = load_model(tmp_path / "old.pt", image_size=28, mean=[0.5], std=[0.25])
     assert info.missing and info.mean == [0.5] and info.classes is None
     # in its run directory it is filled in from the run's .hydra/config.yaml

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -231,7 +233,11 @@ def test_resume_a_sweep_interrupted_midway(tmp_path):
     cut_epochs = [json.loads(x)["epoch"] for x in cut_lines if json.loads(x)["model"] == "student"]
     assert 1 <= len(cut_epochs) < 5
 
-    kdrun_cli(*args, "resume=true", cwd=tmp_path)
+    # The message gives the command that continues the sweep, with its real directory: run it.
+    command = re.search(r"Continue with:\n  (.+)", err)[1]
+    assert command == " ".join(["python -m kdrun", *(a for a in args if "sweep.dir" not in a), "resume=true",
+                                f"hydra.sweep.dir={sweep}"])
+    kdrun_cli(*shlex.split(command)[3:], cwd=tmp_path)
     for job in ("0", "1"):
         assert _snapshot(sweep / job) == finished[job], f"job {job} was run again"
     lines = (sweep / "2" / "metrics.jsonl").read_text().splitlines()

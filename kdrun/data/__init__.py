@@ -32,7 +32,8 @@ class DataBundle:
     image_size: int
     sizes: Dict[str, int]  # images per split: train, val (0 when there is none), test
     make_loader: Callable[..., Iterable] = field(repr=False)
-    in_memory: bool = True  # held as tensors: loaders can also yield per-image extras (cached logits)
+    in_memory: bool = True  # held as tensors on the device (else read from files by a DataLoader)
+    split_labels: Optional[Callable[[str], torch.Tensor]] = field(default=None, repr=False)  # fast path of labels()
     # Recorded in every checkpoint, so that a model can be fed and its outputs named after the run:
     classes: Optional[List[str]] = None  # the class names, in label order
     config: Dict[str, Any] = field(default_factory=dict)  # the dataset config it was built from (build_data)
@@ -40,13 +41,18 @@ class DataBundle:
     def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
                extras: Optional[Dict[str, torch.Tensor]] = None, exclude: Sequence[int] = ()) -> Iterable:
         """Batches of (images, labels), or (images, labels, {name: extra[idx]}) with `extras`: tensors
-        with one row per image of the split, in its order (e.g. a teacher's cached logits). Images of
-        the classes in `exclude` are left out (e.g. Hinton et al.'s transfer set without any 3)."""
+        with one row per image of the split, in its order (a teacher's cached logits, each image's
+        index). Images of the classes in `exclude` are left out (e.g. Hinton et al.'s transfer set
+        without any 3)."""
         if self.sizes.get(split, 0) == 0:
             raise ValueError(f"the {split} split is empty")
-        if extras is not None and not self.in_memory:
-            raise ValueError("per-image extras need an in-memory dataset")
         return self.make_loader(split, batch_size, shuffle, augment, extras, tuple(exclude))
+
+    def labels(self, split: str) -> torch.Tensor:
+        """Every label of a split, in its order."""
+        if self.split_labels is not None:
+            return self.split_labels(split)
+        return torch.cat([y for _, y in self.loader(split, 1024)])
 
     @property
     def has_val(self) -> bool:

@@ -26,6 +26,7 @@ class Batch:
     teacher_logits: torch.Tensor
     student_feats: List[torch.Tensor] = field(default_factory=list)
     teacher_feats: List[torch.Tensor] = field(default_factory=list)
+    index: Optional[torch.Tensor] = None  # each sample's position in the training split (methods with needs_index)
 
 
 def default_layers(kind: str, layers) -> list[str]:
@@ -58,6 +59,7 @@ class KDMethod(nn.Module):
 
     layer_kind: Optional[str] = None
     pairs_layers = True  # student_layers[i] is compared with teacher_layers[i]
+    needs_index = False  # True: the training loader must hand over each sample's index (Batch.index)
 
     def __init__(self, weight: float, student_layers: Optional[Sequence[str]] = None,
                  teacher_layers: Optional[Sequence[str]] = None, stage1_epochs: int = 0, joint: bool = True):
@@ -118,6 +120,8 @@ def describe(module: nn.Module) -> str:
             parts.append(f"linear {m.in_features}->{m.out_features}")
         elif isinstance(m, nn.BatchNorm2d):
             parts.append("BN")
+        elif isinstance(m, nn.ReLU):
+            parts.append("ReLU")
     return " + ".join(parts) or type(module).__name__
 
 
@@ -175,6 +179,7 @@ class Distiller(MixedPrecision):
         example: Optional[torch.Tensor] = None,
         amp_dtype: Optional[torch.dtype] = None,
         channels_last: bool = False,
+        label_smoothing: float = 0.0,
     ):
         super().__init__(amp_dtype, channels_last)
         methods = methods or {}
@@ -182,7 +187,7 @@ class Distiller(MixedPrecision):
             raise ValueError("KD methods need a teacher")
         self.student = student
         self.methods = nn.ModuleDict(methods)
-        self.ce_weight = ce_weight
+        self.ce_weight, self.label_smoothing = ce_weight, float(label_smoothing)
         # Not registered as a submodule: the teacher is not trained, not saved with the student,
         # and .train() cannot switch it out of eval mode.
         self._teacher = [freeze(teacher)] if teacher is not None and methods else []
@@ -212,10 +217,10 @@ class Distiller(MixedPrecision):
                 teacher_logits = logits_of(self.teacher(x))
         return logits, teacher_logits
 
-    def _batch(self, method: KDMethod, y, logits, teacher_logits) -> Batch:
+    def _batch(self, method: KDMethod, y, logits, teacher_logits, index=None) -> Batch:
         return Batch(labels=y, student_logits=logits, teacher_logits=teacher_logits,
                      student_feats=[self._student_tap.outputs[p] for p in method.student_layers],
-                     teacher_feats=[self._teacher_tap.outputs[p] for p in method.teacher_layers])
+                     teacher_feats=[self._teacher_tap.outputs[p] for p in method.teacher_layers], index=index)
 
     def _dry_pass(self, x: torch.Tensor) -> None:
         """Sizes every method's adapters from real feature shapes and checks that its loss computes,
@@ -246,13 +251,15 @@ class Distiller(MixedPrecision):
                                                              method.teacher_layers, batch.teacher_feats)))
         self.student.train(was_training)
 
-    def _forward(self, x, y, teacher_logits: Optional[torch.Tensor] = None):
-        """`teacher_logits`, when given (cached for un-augmented inputs), replace running the teacher."""
+    def _forward(self, x, y, teacher_logits: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None):
+        """`teacher_logits`, when given (cached for un-augmented inputs), replace running the teacher;
+        `index` is each sample's position in the training split (for methods that need it, CRD's)."""
         logits, teacher_logits = self._run(x, teacher_logits)
         # With weight 0 (a first stage on a KD term alone) there is no CE term at all: a zero-weighted
         # one would still give the classifier zero gradients, and weight decay would then move it.
-        losses = {"loss_ce": self.ce_weight * F.cross_entropy(logits, y)} if self.ce_weight else {}
+        losses = ({"loss_ce": self.ce_weight * F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)}
+                  if self.ce_weight else {})
         for name, method in self.methods.items():
-            losses[f"loss_{name}"] = method.weight * method.loss(self._batch(method, y, logits, teacher_logits))
+            losses[f"loss_{name}"] = method.weight * method.loss(self._batch(method, y, logits, teacher_logits, index))
         return {"loss": sum(losses.values()), **losses, "logits": logits}
 
