@@ -165,6 +165,7 @@ def test_import_kdrun_stays_light():
 
 # --- export ----------------------------------------------------------------------------------------
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
 def test_exports_match_pytorch_on_real_test_images(runs, tmp_path, capsys):
     import onnx
     import onnxruntime
