@@ -1,6 +1,7 @@
 """Checkpoints: written atomically, read with weights_only=True so a file can never run code."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -18,13 +19,25 @@ log = logging.getLogger(__name__)
 def save_checkpoint(obj: Any, path: Path) -> None:
     """Writes to a temporary file in the same folder, then renames: a crash never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(obj, tmp)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Through a Python file: a full disk is an OSError that says so (torch's own writer, given a
+        # path, reports it as a failed assertion in its zip code).
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
         os.replace(tmp, path)
+    except OSError as e:
+        raise unwritable(path, e) from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def unwritable(path: Path, error: OSError) -> KdrunError:
+    """The one line for a file kdrun cannot write: a full disk, a read-only folder, a name too long."""
+    return KdrunError(f"cannot write {path} ({error.strerror or error}): free some space, or make the folder "
+                      "writable; then run again with resume=true to continue from the last saved epoch")
 
 
 def load_checkpoint(path: Path, setting: str) -> Any:
@@ -32,15 +45,32 @@ def load_checkpoint(path: Path, setting: str) -> Any:
     if not path.is_file():
         raise KdrunError(f"{setting}={path}: no such file; give the path of a checkpoint (.pt) file")
     try:
+        with path.open("rb") as f:
+            # torch.save writes a zip archive (before PyTorch 1.6, a pickle): anything else is no checkpoint.
+            is_torch = f.read(4) == b"PK\x03\x04" or f.seek(0) == 0 and f.read(1) == b"\x80"
+    except OSError as e:
+        raise KdrunError(f"{setting}={path}: could not read it ({e.strerror or e})") from None
+    if not is_torch:
+        raise KdrunError(f"{setting}={path}: not a PyTorch checkpoint (not a file written by torch.save); give the "
+                         "path of a .pt file saved with torch.save")
+    try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0]
+        first = _first_line(e)
         raise KdrunError(
             f"{setting}={path}: refused, it holds more than tensors and plain values ({first}); kdrun loads "
             "weights only (torch.load(weights_only=True)): save model.state_dict() instead"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise KdrunError(f"{setting}={path}: not a readable PyTorch checkpoint ({e})") from None
+    except OSError as e:
+        raise KdrunError(f"{setting}={path}: could not read it ({e.strerror or e})") from None
+    except Exception as e:  # EOFError, RuntimeError (zip), KeyError...: a checkpoint cut short or altered
+        raise KdrunError(f"{setting}={path}: a damaged PyTorch checkpoint, cut short or altered ({_first_line(e)})") \
+            from None
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return (lines[0][:160] if lines else type(e).__name__)
 
 
 def weights_record(model: nn.Module, arch: str, num_classes: int, in_channels: int, **extra: Any) -> dict:
@@ -80,5 +110,10 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise unwritable(path, e) from None

@@ -11,18 +11,18 @@ import hydra
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+import kdrun
 from kdrun import Interrupted, KdrunError
-from kdrun.config import register_configs
+from kdrun.config import config_dir, register_configs
 
 log = logging.getLogger(__name__)
 
 
-def _config_dir() -> str:
-    packaged = Path(__file__).parent / "configs"  # an installed wheel carries them here
-    return str(packaged if packaged.is_dir() else Path(__file__).parent.parent / "configs")
-
-
 register_configs()
+
+
+def _config_dir() -> str:  # bench.py and reproduce.py compose the config with it
+    return str(config_dir())
 
 
 def _user_error(e: Exception) -> Optional[str]:
@@ -55,22 +55,28 @@ def _resume_command() -> str:
     return " ".join([program, *map(shlex.quote, args), "resume=true", f"{key}={shlex.quote(str(where))}"])
 
 
-@hydra.main(version_base="1.3", config_path=_config_dir(), config_name="config")
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def _main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from kdrun.loggers.console import plain_text, to_log_files
     from kdrun.report import print_summary
+    from kdrun.rundir import Refused
     from kdrun.run import record_failure, run
 
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         summary = run(cfg)
     except Interrupted:  # Ctrl-C stops a whole sweep too: SystemExit is not caught by Hydra's launchers
         sys.exit(f"kdrun: interrupted; the last completed epoch is saved. Continue with:\n  {_resume_command()}")
     except Exception as e:
         line = _user_error(e)
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        first = ((line or f"{type(e).__name__}: {e}").strip().splitlines() or ["(no message)"])[0]
+        refused = isinstance(e, Refused)
+        if not refused:  # a refused run changed nothing in the directory, and records nothing there
+            record_failure(Path(HydraConfig.get().runtime.output_dir), first)
+        if not multirun:
             if line is None:
                 raise  # a traceback is for our bugs
             sys.exit(f"kdrun: error: {line}")
@@ -78,10 +84,7 @@ def _main(cfg: DictConfig) -> float | None:
         # others: its run directory records why, and the sweep's summary lists it as failed.
         if line is None:
             log.exception("the job failed")
-            line = f"{type(e).__name__}: {e}"
-        line = (line.strip().splitlines() or ["(no message)"])[0]
-        record_failure(Path(HydraConfig.get().runtime.output_dir), line)
-        log.error("kdrun: job failed: %s", line)
+        log.error("kdrun: job %s: %s", "refused" if refused else "failed", first)
         return None  # not a number: Optuna records the trial as failed and goes on
     if summary["status"] != "ok":  # a dry run printed its layer table already
         return None
@@ -91,8 +94,38 @@ def _main(cfg: DictConfig) -> float | None:
     return summary["student"]["best_val_acc"]  # what a sweeper may maximise: never the test set
 
 
+def _help() -> str:
+    """`kdrun --help`: the groups a user selects and their options (not `model`, which holds what
+    the teacher and student groups share), and where the other settings are."""
+    root = config_dir()
+    groups = {g: sorted(p.stem for p in (root / g).glob("*.yaml"))
+              for g in ("teacher", "student", "dataset", "kd", "scheme", "experiment") if (root / g).is_dir()}
+    notes = {"teacher": "  (several: teacher=[a,b] is an ensemble)", "kd": "  (several: kd=[hinton,at])",
+             "experiment": "  (a preset: +experiment=NAME)"}
+    lines = [f"kdrun {kdrun.__version__}: knowledge distillation experiments (PyTorch, Hydra)", "",
+             "usage: kdrun [GROUP=OPTION ...] [KEY=VALUE ...] [-m] [--cfg job] [--version] [--hydra-help]", "",
+             "Config groups (GROUP=OPTION):"]
+    lines += [f"  {'+' if g == 'experiment' else ''}{g}: {', '.join(opts)}{notes.get(g, '')}" for g, opts in groups.items()]
+    lines += ["", "Every setting is KEY=VALUE: T=8 alpha=0.5 teacher.lr=0.01 student.kwargs.dropout=0.3 "
+              "dataset.train_subset=2000 ...",
+              "  kdrun --cfg job ...    print the composed config (every key) and exit",
+              "  kdrun -m T=1,2,4 ...   a sweep; resume=true continues a run or a sweep",
+              "  kdrun --hydra-help     Hydra's own flags", "", "README.md describes every setting."]
+    return "\n".join(lines)
+
+
 def main() -> None:
-    _main()
+    args = sys.argv[1:]
+    if "--version" in args:
+        print(f"kdrun {kdrun.__version__}")
+        return
+    if "--help" in args or "-h" in args:
+        print(_help())
+        return
+    try:
+        _main()
+    except KeyboardInterrupt:  # Ctrl-C before training began (or after it ended): nothing to save
+        sys.exit("kdrun: interrupted")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ that names the setting and how to fix it.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -19,6 +21,19 @@ SCHEDULES = ("constant", "cosine", "multistep")
 SCHEMES = ("offline", "online", "self", "self_byot")
 COMBINES = ("auto", "mean_probs", "mean_logits")
 LIBRARIES = (None, "timm")
+PROTOCOLS = ("validation", "best_test_epoch")
+
+
+def config_dir() -> Path:
+    """configs/: inside the package in an installed wheel, at the top of a checkout."""
+    packaged = Path(__file__).parent / "configs"
+    return packaged if packaged.is_dir() else Path(__file__).parent.parent / "configs"
+
+
+def _open_dict() -> DictConfig:
+    # A node that takes new keys on the command line without `+` (student.kwargs.dropout=0.3): the
+    # rest of the config stays strict, so a misspelt key anywhere else is still an error.
+    return DictConfig({}, flags={"struct": False})
 
 
 @dataclass
@@ -35,7 +50,7 @@ class ModelConfig:
     """An architecture plus the recipe that trains it (shared by the teacher and student groups)."""
 
     name: str = MISSING  # a kdrun model (mlp1200, lenet5, ...) or any torchvision classifier
-    kwargs: Dict[str, Any] = field(default_factory=dict)  # extra arguments of the model factory
+    kwargs: Dict[str, Any] = field(default_factory=_open_dict)  # extra arguments of the model factory
     # Published weights (torchvision's weights API, or timm's): true for the default ones, or a weights
     # name (IMAGENET1K_V2; for timm a tag). Another class count than theirs gets a new, trained head.
     pretrained: Any = False
@@ -68,10 +83,11 @@ class MemberConfig(ModelConfig):
 
 @dataclass
 class TeacherConfig(MemberConfig):
-    # Every teacher option also files a copy of itself here, so `teacher=[resnet18,lenet5]` (Hydra's
-    # multiple selection, which merges the options' top-level keys) keeps each member whole. With one
-    # member the top-level keys are the teacher; with several, these entries are.
-    members: Dict[str, MemberConfig] = field(default_factory=dict)
+    # Every teacher option files its name here, so that `teacher=[resnet18,lenet5]` (Hydra's multiple
+    # selection, which merges the options' top-level keys) knows its members. With one option the
+    # top-level keys are the teacher; with several, each member is its own configs/model/<option>.yaml
+    # changed by the keys given here (teacher.members.lenet5.epochs=5).
+    members: Dict[str, Any] = field(default_factory=_open_dict)
     ensemble_seeds: List[int] = field(default_factory=list)  # an ensemble of each member over these seeds
 
 
@@ -106,6 +122,10 @@ class DatasetConfig:
     test_subset: Optional[int] = None  # only N test images (quick checks); a fixed sample for image folders
     target: Optional[str] = None  # custom: a factory (pkg.module.fn) returning the train and test Datasets
     kwargs: Dict[str, Any] = field(default_factory=dict)  # custom: the factory's arguments
+    # validation: the best epoch is chosen on val_split, the test set is read once. best_test_epoch: the
+    # published CIFAR protocol (RepDistiller, mdistiller): all training images train, and the test set
+    # is evaluated after every epoch and its best epoch reported (for like-for-like comparisons only).
+    protocol: str = "validation"
 
 
 @dataclass
@@ -235,11 +255,26 @@ def _fail(setting: str, value: Any, why: str) -> None:
     raise KdrunError(f"{setting}={value}: {why}")
 
 
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """NaN or inf anywhere (T=nan, dataset.val_split=inf) would pass every range check below and
+    surface as a NaN loss blamed on the learning rate."""
+    items = list(node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ())
+    # A level's own values first: T=nan is reported as T, not as kd.hinton.T (which is ${T}).
+    for key, value in sorted(items, key=lambda kv: isinstance(kv[1], (dict, list))):
+        name = f"{prefix}.{key}" if prefix and isinstance(key, str) else f"{prefix}[{key}]" if prefix else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            _fail(name, value, "must be a finite number")
+        _check_finite(value, name)
+
+
 def _check_recipe(prefix: str, m: DictConfig) -> None:
     if m.epochs < 1:
         _fail(f"{prefix}.epochs", m.epochs, "must be at least 1")
-    if m.batch_size < 1:
-        _fail(f"{prefix}.batch_size", m.batch_size, "must be at least 1")
+    if m.batch_size < 2:
+        _fail(f"{prefix}.batch_size", m.batch_size, "must be at least 2 (a batch of one image cannot train: batch "
+              "norm and the batch statistics of some methods need two)")
+    if not 0 <= m.momentum < 1:
+        _fail(f"{prefix}.momentum", m.momentum, "must be in [0, 1)")
     if m.lr <= 0:
         _fail(f"{prefix}.lr", m.lr, "the learning rate must be > 0")
     if m.weight_decay < 0:
@@ -268,6 +303,7 @@ def _check_recipe(prefix: str, m: DictConfig) -> None:
 
 def check(cfg: DictConfig) -> None:
     """Checks values a type cannot; raises KdrunError naming the setting and the fix."""
+    _check_finite(plain(cfg))
     if cfg.T <= 0:
         _fail("T", cfg.T, "the temperature must be > 0 (e.g. T=4)")
     if not 0 <= cfg.alpha <= 1:
@@ -291,10 +327,10 @@ def check(cfg: DictConfig) -> None:
     if len(teacher_members(cfg)) > 1:  # (also checks the ensemble's settings)
         ensemble_combine(cfg)
     # Several options selected: each member's own recipe is used, the merged top level is not.
-    several = cfg.teacher.members if len(cfg.teacher.members) > 1 else {}
-    for option, node in several.items():
-        _check_recipe(f"teacher.members.{option}", node)
-    if not several:
+    if len(cfg.teacher.members) > 1:
+        for option, node in member_options(cfg).items():
+            _check_recipe(f"teacher.members.{option}", node)
+    else:
         _check_recipe("teacher", cfg.teacher)
     _check_scheme(cfg.scheme)
     _check_logger(cfg.logger)
@@ -315,6 +351,34 @@ def check(cfg: DictConfig) -> None:
         _fail("dataset.std", list(d.std), "needs one value per channel, like dataset.mean")
     if any(s <= 0 for s in d.std):
         _fail("dataset.std", list(d.std), "every value must be > 0")
+    if d.protocol not in PROTOCOLS:
+        _fail("dataset.protocol", d.protocol, f"choose one of {', '.join(PROTOCOLS)}")
+    if d.name == "fake":
+        for key, least, what in (("num_train", 2, "2 training images"), ("num_test", 1, "1 test image"),
+                                 ("num_classes", 2, "2 classes"), ("channels", 1, "1 channel"),
+                                 ("image_size", 1, "images of 1 pixel")):
+            if d[key] is None or d[key] < least:
+                _fail(f"dataset.{key}", d[key], f"the fake dataset needs at least {what}")
+    for name, method in cfg.kd.items():
+        if isinstance(method, DictConfig) and "weight" in method and method.weight < 0:
+            _fail(f"kd.{name}.weight", method.weight, "a method's weight must be >= 0")
+
+
+def check_data(cfg: DictConfig, num_classes: int) -> None:
+    """The checks that need the data's class count: excluded classes exist, and some are left."""
+    recipes = {"student": cfg.student}
+    if cfg.kd and cfg.scheme.name != "self":
+        several = len(cfg.teacher.members) > 1
+        recipes.update({(f"teacher.members.{n.split('.')[0]}" if several else "teacher"): node
+                        for n, node in teacher_members(cfg).items()})
+    for prefix, node in recipes.items():
+        excluded = set(node.exclude_classes)
+        if excluded - set(range(num_classes)):
+            _fail(f"{prefix}.exclude_classes", list(node.exclude_classes),
+                  f"the data has classes 0..{num_classes - 1} only")
+        if len(excluded) >= num_classes:
+            _fail(f"{prefix}.exclude_classes", list(node.exclude_classes),
+                  f"leaves none of the {num_classes} classes to train on")
 
 
 def _check_logger(trackers: DictConfig) -> None:
@@ -343,19 +407,11 @@ def teacher_members(cfg: DictConfig) -> Dict[str, DictConfig]:
     """The teacher's config nodes by name: {"teacher": cfg.teacher} for one teacher; for an ensemble
     (several options selected, or teacher.ensemble_seeds), one node per member and seed, named
     `<option>` or `<option>.s<seed>`, each with its seed filled in."""
-    from omegaconf import OmegaConf
-
     t = cfg.teacher
-    several = len(t.members) > 1
-    if not several and not t.ensemble_seeds:
+    if len(t.members) < 2 and not t.ensemble_seeds:
         return {"teacher": t}
-    if several and t.checkpoint:
-        _fail("teacher.checkpoint", t.checkpoint, "an ensemble takes one checkpoint per member: set "
-              "teacher.members.<option>.checkpoint instead")
-    bases = dict(t.members) if several else {t.name: t}
     out = {}
-    for option, node in bases.items():
-        node = OmegaConf.masked_copy(node, [k for k in node if k not in ("members", "ensemble_seeds")])
+    for option, node in member_options(cfg).items():
         for seed in t.ensemble_seeds or [None]:
             member = node.copy()
             if seed is not None:
@@ -364,6 +420,30 @@ def teacher_members(cfg: DictConfig) -> Dict[str, DictConfig]:
                           f"the member {option} is loaded from a checkpoint, which has no seed to vary")
                 member.seed = int(seed)
             out[option if seed is None else f"{option}.s{seed}"] = member
+    return out
+
+
+def member_options(cfg: DictConfig) -> Dict[str, DictConfig]:
+    """The teacher's options, each a whole config: with several selected (teacher=[a,b]), each is its
+    configs/model/<option>.yaml changed by teacher.members.<option>.*; with one, the teacher itself."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    t = cfg.teacher
+    if len(t.members) < 2:
+        return {t.name: OmegaConf.masked_copy(t, [k for k in t if k not in ("members", "ensemble_seeds")])}
+    if t.checkpoint:
+        _fail("teacher.checkpoint", t.checkpoint, "an ensemble takes one checkpoint per member: set "
+              "teacher.members.<option>.checkpoint instead")
+    out = {}
+    for option, changes in t.members.items():
+        path = config_dir() / "model" / f"{option}.yaml"
+        if not path.is_file():
+            _fail("teacher", option, f"no model config {path} for this member of the ensemble")
+        try:
+            out[option] = OmegaConf.merge(OmegaConf.structured(MemberConfig), OmegaConf.load(path), changes)
+        except OmegaConfBaseException as e:
+            raise KdrunError(f"teacher.members.{option}: {str(e).splitlines()[0]}") from None
     return out
 
 

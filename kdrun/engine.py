@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -70,7 +71,9 @@ def make_optimizer(recipe, params) -> torch.optim.Optimizer:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line, one line per model per epoch. Every line also goes to
+    """metrics.jsonl: one JSON object per line, one line per model per epoch. fit() writes an epoch's
+    lines after the checkpoint that holds them, and a resume rewinds the file to that checkpoint, so
+    the lines and the checkpoints agree whatever moment a run was killed at. Every line also goes to
     the run's trackers (kdrun.loggers.Trackers: TensorBoard, MLflow, ...), after it is on disk."""
 
     def __init__(self, path: Path, trackers=None):
@@ -78,20 +81,30 @@ class MetricsLog:
         self.trackers = trackers
 
     def write(self, record: dict) -> None:
+        cut = False  # a line cut short by a killed process is ended first, so it cannot swallow this one
+        if self.path.exists() and self.path.stat().st_size:
+            with self.path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                cut = f.read(1) != b"\n"
         with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(("\n" if cut else "") + json.dumps(record) + "\n")
         if self.trackers is not None:
             self.trackers.log_metrics(record)
 
     def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        """Every complete line; a line cut short (a killed run) is skipped."""
+        from kdrun.sweep import read_lines
 
-    def drop_after(self, model: str, epoch: int) -> None:
-        """Forgets lines of `model` past `epoch` (written before a crash, not in the checkpoint)."""
-        kept = [r for r in self.read() if not (r["model"] == model and r["epoch"] > epoch)]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return read_lines(self.path)
+
+    def rewind(self, models: Iterable[str], epoch: int, last: Optional[list] = None) -> None:
+        """Makes the lines of `models` agree with a checkpoint of `epoch`: later lines (written
+        before a crash) go, and its own lines of `epoch` (`last`, kept in the checkpoint) are put
+        back when given, in case the crash came between the checkpoint and them."""
+        models = set(models)
+        until = epoch - 1 if last is not None else epoch
+        kept = [r for r in self.read() if not (r["model"] in models and r["epoch"] > until)]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in [*kept, *(last or [])]))
 
 
 def train_one_epoch(
@@ -232,9 +245,10 @@ def fit(
         if update.scaler is not None and "scaler" in state:
             update.scaler.load_state_dict(state["scaler"])
         first_epoch, best = state["epoch"] + 1, {name: tuple(b) for name, b in state["best"].items()}
-        for name in members:
-            metrics.drop_after(name, state["epoch"])
+        metrics.rewind(members, state["epoch"], state.get("lines"))
         log.info("%s: resuming after epoch %d of %d (%s)", role, state["epoch"], epochs, last_path)
+    elif resume:
+        metrics.rewind(members, 0)  # lines of a start that saved no checkpoint
     train_loader = data.loader("train", recipe.batch_size, shuffle=True, augment=recipe.augment, extras=train_extras,
                                exclude=recipe.exclude_classes)
     val_loader = data.loader("val", 1024) if data.has_val else None
@@ -255,6 +269,7 @@ def fit(
         train = train_one_epoch(model, train_loader, update, device, f"{role} {epoch}/{epochs}", progress,
                                 should_stop)
         timing = {k: train.pop(k) for k in ("seconds", "images_per_sec")}
+        lines = []
         for name, (module, member_meta) in members.items():
             record = {"model": name, "epoch": epoch, "lr": lr, **_member_record(train, None if single else name),
                       **timing}
@@ -269,14 +284,16 @@ def fit(
                 save_checkpoint({**member_meta, "model": module.state_dict(),
                                  **({"methods": model.methods.state_dict()} if single else {}),
                                  "epoch": epoch, "val_acc": best[name][1]}, best_paths[name])
-            metrics.write(record)
-            epoch_log(record, best[name])
+            lines.append(record)
         save_checkpoint(
             {**(meta or {}), "model": model.student.state_dict(), "methods": model.methods.state_dict(),
              "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best, "config_digest": config_digest,
-             **({"scaler": update.scaler.state_dict()} if update.scaler is not None else {})},
+             "lines": lines, **({"scaler": update.scaler.state_dict()} if update.scaler is not None else {})},
             last_path,
         )
+        for name, record in zip(members, lines):  # after the checkpoint that holds them (see MetricsLog)
+            metrics.write(record)
+            epoch_log(record, best[name])
     results = {name: FitResult(best_epoch=best[name][0], best_val_acc=best[name][1], best_path=best_paths[name])
                for name in members}
     return results[role] if single else results

@@ -85,6 +85,9 @@ def checkpoint_path(path, which: str = "student") -> Path:
     if path.is_file():
         return path
     ckpt = path / "checkpoints"
+    shared = _read_json(path / "summary.json").get("shared_from")  # a sweep's kd=none job that took another's result
+    if not ckpt.is_dir() and shared and (path.parent / shared).is_dir():
+        return checkpoint_path(path.parent / shared, which)
     if not ckpt.is_dir():
         raise KdrunError(f"{path}: neither a checkpoint file nor a run directory (with checkpoints/): give one of them")
     own = ckpt / f"{which}_best.pt"

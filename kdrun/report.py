@@ -6,7 +6,6 @@ and the `kdrun-report` command; the summarising itself is in kdrun/sweep.py.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -18,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kdrun import KdrunError
-from kdrun.sweep import (aggregate_seeds, format_value, is_grid, rank, read_jobs, short, summarise, swept_keys, to_csv,
-                         to_markdown)
+from kdrun.sweep import (aggregate_seeds, format_value, is_grid, rank, read_jobs, read_lines, report_dir, short, summarise,
+                         swept_keys, to_csv, to_markdown)
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +148,8 @@ def print_sweep(groups: list[dict], keys: list[str], by_seed: bool, has_scratch:
     varying = swept_keys(keys, groups)
     fixed = " ".join(f"{k}={groups[0][k]}" for k in keys if k not in varying and groups[0][k] != "")
     keys = varying
-    title = f"kdrun sweep: {len(groups)} {'configurations' if by_seed else 'jobs'}, best first by " \
+    grouped = by_seed or any(" " in g["jobs"] for g in groups)  # seeds, or a baseline's shared jobs
+    title = f"kdrun sweep: {len(groups)} {'configurations' if grouped else 'jobs'}, best first by " \
             f"{'validation' if 'val' in ranked_by else 'test'} accuracy"
     table = Table(title=title, caption=f"all jobs: {fixed}" if fixed else None)
     if not by_seed:
@@ -214,26 +214,33 @@ def write_report(paths: list[Path], out_dir: Path, console: Optional[Console] = 
                to_markdown(group_columns, ranked_groups)]
     (out_dir / "summary.md").write_text("\n".join(md))
 
-    axes = swept_keys(group_keys, groups)
+    # The kd=none baseline is no axis: the line plot draws it, the tables give each job's gain over it.
+    plotted = [g for g in groups if not g["baseline"]] or groups
+    axes = swept_keys(group_keys, plotted)
     over = " (mean over seeds)" if by_seed else ""
-    if len(axes) == 2 and is_grid(groups, *axes):
-        plots.heatmap(out_dir / "heatmap.png", axes[0], axes[1], groups, f"student test accuracy{over}")
+    setting = setting_title(jobs)
+    colour = plots.colour_key(plotted)[1].replace(" (%)", "")
+    if len(axes) == 2 and is_grid(plotted, *axes):
+        plots.heatmap(out_dir / "heatmap.png", axes[0], axes[1], plotted,
+                      f"{setting}\nstudent test accuracy{over}; colour: {colour}")
         written.append("heatmap.png")
     elif len(axes) == 2:
-        plots.scatter(out_dir / "scatter.png", axes[1], axes[0], groups, f"student test accuracy{over}")
+        plots.scatter(out_dir / "scatter.png", axes[1], axes[0], plotted,
+                      f"{setting}\nstudent test accuracy{over}; colour: {colour}")
         written.append("scatter.png")
     elif len(axes) == 1:
-        plots.line_plot(out_dir / "lineplot.png", axes[0], groups, f"test accuracy{over}")
+        plots.line_plot(out_dir / "lineplot.png", axes[0], plotted, f"{setting}\naccuracy{over}")
         written.append("lineplot.png")
     if any(r["status"] == "ok" and r.get("student_macs") for r in summary.rows):
         plots.tradeoff(out_dir / "tradeoff.png", summary.rows, "accuracy against cost: one point per job")
         written.append("tradeoff.png")
     curves = 0
     for job in jobs:
-        records = _read_metrics(job.path / "metrics.jsonl")
+        records = read_lines(job.path / "metrics.jsonl")
         if records:
             (out_dir / "curves").mkdir(exist_ok=True)
-            title = f"job {job.name}: " + (" ".join(f"{k}={v}" for k, v in job.overrides.items()) or "defaults")
+            title = f"{setting_title([job])}, job {job.name}: " + \
+                (" ".join(f"{k}={v}" for k, v in job.overrides.items()) or "defaults")
             plots.learning_curve(out_dir / "curves" / f"{job.name.replace('/', '_')}.png", records, title)
             curves += 1
     if curves:
@@ -241,22 +248,23 @@ def write_report(paths: list[Path], out_dir: Path, console: Optional[Console] = 
 
     errors = [(r["job"], r["error"]) for r in summary.rows if r["error"]]
     print_sweep(ranked_groups, group_keys, by_seed, summary.has_scratch, ranked_by, errors, console)
-    counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("ok", "failed", "missing")}
-    console.print(f"{len(jobs)} jobs: {counts['ok']} ok, {counts['failed']} failed, {counts['missing']} missing. "
+    counts = {s: sum(r["status"] == s for r in summary.rows) for s in ("ok", "shared", "failed", "missing")}
+    shared = f", {counts['shared']} shared (kd=none: an equal job's result)" if counts["shared"] else ""
+    console.print(f"{len(jobs)} jobs: {counts['ok']} ok{shared}, {counts['failed']} failed, {counts['missing']} missing. "
                   f"Written to {out_dir}: {', '.join(written)}", highlight=False)
     return {"jobs": len(jobs), **counts, "written": written}
 
 
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut short by a killed job: the others still plot
-            continue
-    return records
+def setting_title(jobs: list) -> str:
+    """What the plots are of: `dataset: teacher -> student`, from the jobs' summaries (several values
+    joined by /; a sweep of students alone has no teacher)."""
+    def values(get) -> str:
+        return "/".join(dict.fromkeys(str(v) for job in jobs if job.summary and (v := get(job.summary))))
+
+    dataset = values(lambda s: s.get("dataset")) or "?"
+    teacher = values(lambda s: (s.get("teacher") or {}).get("arch"))
+    student = values(lambda s: (s.get("student") or {}).get("arch")) or "?"
+    return f"{dataset}: {teacher} -> {student}" if teacher else f"{dataset}: {student}"
 
 
 class SweepSummary(Callback):
@@ -283,12 +291,13 @@ def main(argv: Optional[list[str]] = None) -> None:
                     "directory, a run directory, or any folder holding run directories; jobs that failed or "
                     "are still running are listed as such.")
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    parser.add_argument("-o", "--out", type=Path, help="where to write (default: PATH, when there is one)")
+    parser.add_argument("-o", "--out", type=Path, help="where to write (default: into a sweep or run directory; "
+                                                             "beside any other folder, as <folder>-report)")
     args = parser.parse_args(argv)
     if args.out is None and len(args.paths) > 1:
         sys.exit("kdrun-report: error: several PATHs: say where to write the report with --out DIR")
     try:
-        write_report(args.paths, args.out or args.paths[0])
+        write_report(args.paths, args.out or report_dir(args.paths[0]))
     except KdrunError as e:
         sys.exit(f"kdrun-report: error: {e}")
 

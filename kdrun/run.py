@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import platform
@@ -17,14 +16,15 @@ import torch
 from omegaconf import DictConfig
 
 import kdrun
-from kdrun import KdrunError, deploy
+from kdrun import KdrunError, baseline, deploy, rundir
 from kdrun.checkpoint import write_json_atomic
-from kdrun.config import ce_weight, check, check_overrides, plain
+from kdrun.config import ce_weight, check, check_data, check_overrides
 from kdrun.data import build_data
 from kdrun.engine import MetricsLog
 from kdrun.loggers import Trackers, open_trackers, run_info
 from kdrun.loggers.console import chance_level, run_header
 from kdrun.report import summary_rows
+from kdrun.rundir import config_digest
 from kdrun.schemes import RunContext, get_scheme
 
 log = logging.getLogger(__name__)
@@ -80,15 +80,6 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def config_digest(cfg: DictConfig) -> str:
-    """Identifies what a run computes (everything but `resume`, `progress`, the trackers, where the
-    data lives and whether the deployment report is measured)."""
-    node = plain(cfg)
-    for key in ("resume", "progress", "data_dir", "dry_run", "logger", "deploy_report"):
-        node.pop(key, None)
-    return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _git_commit() -> Optional[str]:
     try:
         here = Path(kdrun.__file__).parent
@@ -118,35 +109,30 @@ def _overrides() -> list:
 
 
 def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
-    """Runs one experiment into `run_dir` (Hydra's output directory by default); returns the summary."""
-    check(cfg)
-    check_overrides(cfg, _overrides())
+    """Runs one experiment into `run_dir` (Hydra's output directory by default); returns the summary.
+    The directory is checked before anything is written or trained in it (kdrun.rundir)."""
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = run_dir / "summary.json"
     digest = config_digest(cfg)
-    if cfg.resume and summary_path.exists():
-        previous = json.loads(summary_path.read_text())
-        if previous.get("status") == "ok":
-            # A resumed sweep numbers its jobs by position: a changed grid would silently return
-            # another combination's results. (Summaries older than the digest are trusted.)
-            if previous.get("config_digest", digest) != digest:
-                raise KdrunError(
-                    f"resume=true: {run_dir} holds a complete run of another config; resume with the same "
-                    "overrides (and the same order of sweep values) as before, or start a new run directory"
-                )
-            log.info("resume=true: %s is complete already", run_dir)
+    with rundir.opened(run_dir, cfg.resume, cfg.dry_run, digest, _overrides()) as previous:
+        if previous is not None:  # a resume of a complete run
             return previous
-        log.info("resume=true: %s failed before (%s); running it again", run_dir, previous.get("error"))
+        check(cfg)
+        check_overrides(cfg, _overrides())
+        with baseline.shared(cfg, run_dir) as same:  # an equal kd=none job of the sweep finished already
+            if same is not None:
+                return baseline.share(same, cfg, run_dir, _overrides(), digest)
+            return _run(cfg, run_dir, digest)
+
+
+def _run(cfg: DictConfig, run_dir: Path, digest: str) -> dict:
+    summary_path = run_dir / "summary.json"
     if not cfg.dry_run:
-        # Its presence means the run finished: a stale one (a failure, an earlier run) must not outlive this start.
+        # Its presence means the run finished: a stale one (a failure) must not outlive this start.
         summary_path.unlink(missing_ok=True)
-        if not cfg.resume:
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     started = time.time()
     device = pick_device(cfg.device)
@@ -154,6 +140,7 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         log.info(line)
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.dataset, cfg.data_dir, device)
+    check_data(cfg, data.num_classes)
     log.info("data: %s, %s train / %s val / %s test images, %d classes, on %s", data.name, data.sizes["train"],
              data.sizes["val"], data.sizes["test"], data.num_classes, device)
     # Before any training: a tracker whose package is missing stops the run here, with one line.
@@ -192,6 +179,7 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         "run_dir": str(run_dir.resolve()),
         "overrides": _overrides(),
         "config_digest": digest,
+        **({"baseline_digest": baseline.baseline_digest(cfg)} if not cfg.kd else {}),
         "versions": _versions(),
         "git_commit": _git_commit(),
     }
@@ -203,11 +191,20 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     return summary
 
 
-def record_failure(run_dir: Path, error: str) -> dict:
-    """A sweep's job that raised: its summary.json says `failed` and why, so the sweep's summary
-    lists it and `resume=true` runs it again."""
+def record_failure(run_dir: Path, error: str) -> Optional[dict]:
+    """A run that raised: its summary.json says `failed` and why, so a sweep's summary (and
+    kdrun-report) lists it and `resume=true` runs it again. A complete run's summary is never
+    replaced (a resume that failed does not undo its results); a full disk only loses the record."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "summary.json"
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("status") == "ok":
+            return None
     summary = {"status": "failed", "error": error, "run_dir": str(run_dir.resolve()), "overrides": _overrides()}
-    write_json_atomic(run_dir / "summary.json", summary)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, summary)
+    except (OSError, KdrunError) as e:
+        log.debug("could not record the failure in %s: %s", path, e)  # the error itself is the one line
+        return None
     return summary

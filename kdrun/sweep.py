@@ -22,10 +22,13 @@ from kdrun import KdrunError
 # columns, so a sweep continued with `resume=true` has the same rows (and seed groups) as before.
 # Nor are the trackers' settings (`logger=...`, `logger.mlflow.*`), nor `deploy_report` (it measures, changes nothing).
 BOOKKEEPING = frozenset({"resume", "progress", "data_dir", "teacher_cache", "deploy_report"})
-# What a student trained without a teacher cannot depend on: ignored when a job is matched to the
-# scratch baseline (the `kd=none` jobs), and so is the seed (the baseline is a mean over seeds).
-NOT_BASELINE = frozenset({"kd", "T", "alpha", "lambda", "teacher", "seed"})
+# What a student trained without a teacher cannot depend on: a kd=none job's values of these keys
+# are left out of its group (kdrun.baseline trains one baseline for all of them).
+BASELINE_IGNORES = frozenset({"T", "alpha", "teacher"})
 NOT_BASELINE_PREFIXES = ("kd.", "teacher.")
+# ...and what is ignored when a KD job is matched to its scratch baseline: those, kd and lambda
+# (whatever a KD job's weights), and the seed (the baseline is a mean over seeds).
+NOT_BASELINE = BASELINE_IGNORES | {"kd", "lambda", "seed"}
 
 METRICS = ("teacher_test_acc", "student_test_acc", "student_val_acc")
 TOP5 = ("teacher_test_acc5", "student_test_acc5")  # columns of their own when a job reports top-5 (>10 classes)
@@ -48,12 +51,21 @@ class Job:
 
     @property
     def status(self) -> str:
-        return self.summary.get("status", "ok") if self.summary else "missing"
+        """ok, failed, missing, or shared: a kd=none job whose result is an equal job's (kdrun.baseline)."""
+        if not self.summary:
+            return "missing"
+        status = self.summary.get("status", "ok")
+        return "shared" if status == "ok" and self.summary.get("shared_from") else status
 
     @property
     def is_scratch(self) -> bool:
         """A student trained from labels alone (kd=none): the baseline of the sweep's KD jobs."""
         return self.status == "ok" and self.summary.get("kd") == []
+
+    @property
+    def is_baseline(self) -> bool:
+        """A kd=none job, whatever its status."""
+        return self.summary["kd"] == [] if "kd" in self.summary else self.overrides.get("kd") == "none"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,6 +95,31 @@ def find_run_dirs(path: Path) -> list[Path]:
     return found
 
 
+def is_dry_run(path: Path) -> bool:
+    """A dry run's directory: Hydra's files and a layer table, no results (and never a summary)."""
+    if (path / "summary.json").is_file():
+        return False
+    try:
+        record = json.loads((path / ".kdrun" / "run.json").read_text())
+    except (OSError, ValueError):  # a run from before kdrun kept that record: Hydra's copy of the config
+        import yaml
+
+        try:
+            record = yaml.safe_load((path / ".hydra" / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return False
+    return isinstance(record, dict) and record.get("dry_run") is True
+
+
+def report_dir(path: Path) -> Path:
+    """Where kdrun-report writes by default: into a sweep's or a run's own directory, but beside
+    (`<folder>-report`) any other folder of runs, whose contents are not the report's to add to."""
+    path = Path(path).resolve()
+    if (path / "multirun.yaml").is_file() or (path / ".kdrun" / "sweep.json").is_file() or is_run_dir(path):
+        return path
+    return path.with_name(f"{path.name}-report")
+
+
 def parse_overrides(items: Iterable[str]) -> dict:
     """`["T=2", "+x=1", "progress=false"]` -> `{"T": "2", "x": "1"}`: values as the user typed them."""
     out = {}
@@ -103,13 +140,27 @@ def read_job(path: Path, name: str) -> Job:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             summary = {"status": "failed", "error": f"summary.json is unreadable ({e})"}
     overrides_path = path / ".hydra" / "overrides.yaml"
-    if overrides_path.is_file():
+    if "overrides" in summary or not overrides_path.is_file():
+        # summary.json is written once, by the run; Hydra rewrites .hydra/ at every start of it.
+        items = summary.get("overrides") or []
+    else:  # a run still going, or killed
         from omegaconf import OmegaConf
 
         items = list(OmegaConf.load(overrides_path) or [])
-    else:  # hydra.output_subdir=null: the summary has them too
-        items = summary.get("overrides") or []
     return Job(name=name, path=path, overrides=parse_overrides(items), summary=summary)
+
+
+def read_lines(path: Path) -> list[dict]:
+    """A JSON-lines file (metrics.jsonl): every complete line; a line cut short by a killed run is skipped."""
+    if not Path(path).is_file():
+        return []
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def natural_key(name: str) -> list:
@@ -127,7 +178,9 @@ def read_jobs(paths: Iterable[Path]) -> list[Job]:
         shown = " ".join(str(p) for p in paths)
         raise KdrunError(f"no run directories under {shown} (a run directory holds .hydra/overrides.yaml or "
                          "summary.json): give a sweep directory (outputs/sweeps/<date>/<time>) or run directories")
-    found = list(dirs)
+    found = [d for d in dirs if not is_dry_run(d)]
+    if not found:
+        raise KdrunError(f"only dry runs under {' '.join(str(p) for p in paths)}: they train nothing to summarise")
     common = Path(os.path.commonpath(found)) if len(found) > 1 else found[0].parent
     jobs = [read_job(d, d.relative_to(common).as_posix()) for d in found]
     return sorted(jobs, key=lambda j: natural_key(j.name))
@@ -227,6 +280,7 @@ def summarise(jobs: list[Job]) -> Summary:
                 row[column] = ((s.get(model) or {}).get("deploy") or {}).get(key)
         row["wall_time_s"] = s.get("wall_time_s")
         row["error"] = s.get("error", "")
+        row["baseline"] = job.is_baseline  # not a column: it decides the job's group
         rows.append(row)
     return Summary(keys=keys, rows=rows, has_scratch=has_scratch, has_top5=has_top5, has_deploy=has_deploy)
 
@@ -237,11 +291,16 @@ def aggregate_seeds(summary: Summary) -> tuple[list[str], list[dict]]:
     group_keys = [k for k in summary.keys if k != "seed"]
     groups: dict[tuple, list[dict]] = {}
     for row in summary.rows:
-        groups.setdefault(tuple(row[k] for k in group_keys), []).append(row)
+        # kd=none jobs that differ only in what the baseline ignores (T, alpha, teacher*, kd.*) are one
+        # group: one baseline, shown once (its `shared` jobs are not counted again in the means).
+        ignored = {k for k in group_keys if k in BASELINE_IGNORES or k.startswith(NOT_BASELINE_PREFIXES)}
+        groups.setdefault(tuple("" if row.get("baseline") and k in ignored else row[k] for k in group_keys),
+                          []).append(row)
     out = []
     for values, members in groups.items():
         ok = [r for r in members if r["status"] == "ok"]
         group = {**dict(zip(group_keys, values)), "jobs": " ".join(r["job"] for r in members), "n": len(ok),
+                 "baseline": all(r.get("baseline") for r in members),
                  "n_failed": sum(r["status"] == "failed" for r in members),
                  "n_missing": sum(r["status"] == "missing" for r in members)}
         for metric in summary.metrics:

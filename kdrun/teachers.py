@@ -17,24 +17,27 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 from torch import nn
 
+from kdrun import KdrunError
 from kdrun.checkpoint import load_checkpoint, load_weights, save_checkpoint, write_json_atomic
 from kdrun.config import ensemble_combine, plain, teacher_members
 from kdrun.losses.response import ensemble_logits
 from kdrun.engine import MetricsLog, evaluate, fit, reseed
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, count_parameters, logits_of, model_meta, pretrained_of, weights_identity
+from kdrun.models.cifar import checkpoint_file
+from kdrun.rundir import cannot_write
 
 log = logging.getLogger(__name__)
 
 # Bump when a change in kdrun would train a different teacher from the same config.
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 # Dataset keys that say where the data lives or how it is read, not what it is.
 _NOT_IDENTITY = {"root", "num_workers", "prefetch_factor", "download"}
 # Keys added since CACHE_FORMAT 1 count only when set: at these values they train the teacher as before,
 # so the teachers already cached keep their digests.
 _ADDED_TEACHER = {"pretrained": False, "target": None, "library": None, "label_smoothing": 0.0,
                   "warmup_epochs": 0, "grad_clip": None}
-_ADDED_DATASET = {"test_subset": None, "resize_size": None, "target": None, "kwargs": {}}
+_ADDED_DATASET = {"test_subset": None, "resize_size": None, "target": None, "kwargs": {}, "protocol": "validation"}
 
 
 def _identity(node: dict, added: dict) -> dict:
@@ -45,12 +48,15 @@ def teacher_seed(cfg) -> int:
     return cfg.seed if cfg.teacher.seed is None else cfg.teacher.seed
 
 
-def teacher_digest(cfg) -> str:
-    """sha256 over the architecture, training recipe, dataset (content, split, augmentation) and seed."""
+def teacher_digest(cfg, data_fingerprint: str = "") -> str:
+    """sha256 over the architecture, training recipe, dataset settings (split, augmentation), the
+    data itself (DataBundle.fingerprint: a cache never serves a teacher of other data that sits
+    at the same path) and seed."""
     teacher = _identity({k: v for k, v in plain(cfg.teacher).items()
                          if k not in ("checkpoint", "seed", "members", "ensemble_seeds")}, _ADDED_TEACHER)
     dataset = _identity({k: v for k, v in plain(cfg.dataset).items() if k not in _NOT_IDENTITY}, _ADDED_DATASET)
-    identity = {"format": CACHE_FORMAT, "teacher": teacher, "dataset": dataset, "seed": teacher_seed(cfg)}
+    identity = {"format": CACHE_FORMAT, "teacher": teacher, "dataset": dataset, "seed": teacher_seed(cfg),
+                "data": data_fingerprint}
     weights = weights_identity(cfg.teacher)
     if weights:  # the weights themselves: `true` is the library's current default, which a release may change
         teacher["pretrained"] = weights
@@ -108,9 +114,10 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
     model = build_from_config(node, data)
     meta = model_meta(node, data)
     if node.checkpoint:
-        load_weights(model, Path(node.checkpoint), "teacher.checkpoint", **meta)
+        path = checkpoint_file(node.checkpoint, node.name)  # a folder: RepDistiller's published teachers
+        load_weights(model, path, "teacher.checkpoint", **meta)
         model.to(device)
-        info = {"arch": node.name, "source": "checkpoint", "path": str(Path(node.checkpoint).resolve())}
+        info = {"arch": node.name, "source": "checkpoint", "path": str(path.resolve())}
         return model, {**info, **test_report(model, data, device)}
     published = pretrained_of(model)
     if published and published["num_classes"] == data.num_classes:
@@ -120,9 +127,13 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
         info = {"arch": node.name, "source": "pretrained", "weights": published["weights"], "path": published["file"]}
         return model, {**info, **(test_report(model, data, device) if train else {})}
 
-    digest = teacher_digest(cfg)
+    digest = teacher_digest(cfg, data.fingerprint)
     folder = Path(cfg.teacher_cache).resolve() / digest
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / ".lock").touch()
+    except OSError as e:
+        raise cannot_write("teacher_cache", Path(cfg.teacher_cache), e) from None
     weights, meta_file = folder / "teacher.pt", folder / "meta.json"
     with FileLock(str(folder / ".lock")):
         if not train and not meta_file.exists():
@@ -137,9 +148,15 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
             # The run's own metrics get the teacher's whole history (also when it resumed a partial one).
             for record in MetricsLog(folder / "metrics.jsonl").read():
                 run_metrics.write({**record, "model": label})
-        load_weights(model, weights, "teacher cache", **meta)
-        report = json.loads(meta_file.read_text())["report"]
+        try:
+            load_weights(model, weights, "teacher cache", **meta)
+            trained = json.loads(meta_file.read_text())["report"]
+        except (KdrunError, ValueError, KeyError) as e:
+            raise KdrunError(f"{str(e).rstrip('.')}; delete {folder} to train the teacher again") from None
     model.to(device)
+    # Measured on this run's data (the cache says how the teacher was trained, not how well it does here).
+    report = trained if source == "trained" else \
+        test_report(model, data, device, trained.get("best_val_epoch"), trained.get("best_val_acc"))
     fine_tuned = {"weights": published["weights"]} if published else {}  # the published weights it started from
     return model, {"arch": node.name, "source": source, **fine_tuned, "path": str(weights), "digest": digest, **report}
 
@@ -148,8 +165,9 @@ def _train_into(folder: Path, model, cfg, data, device, meta, progress, should_s
     node = cfg.teacher
     trainer = Distiller(model, label_smoothing=node.label_smoothing).to(device)
     # A partial teacher (an interrupted job) resumes from its last epoch: its digest says it is the same.
+    digest = teacher_digest(cfg, data.fingerprint)
     result = fit(trainer, data, node, node.epochs, device, folder, "teacher", MetricsLog(folder / "metrics.jsonl"),
-                 seed=teacher_seed(cfg), resume=True, config_digest=teacher_digest(cfg), meta=meta,
+                 seed=teacher_seed(cfg), resume=True, config_digest=digest, meta=meta,
                  progress=progress, should_stop=should_stop)
     load_weights(model, result.best_path, "teacher checkpoint", **meta)
     report = test_report(model, data, device, result.best_epoch, result.best_val_acc)
@@ -157,7 +175,7 @@ def _train_into(folder: Path, model, cfg, data, device, meta, progress, should_s
     result.best_path.replace(folder / "teacher.pt")
     (folder / "teacher_last.pt").unlink(missing_ok=True)
     # Written last: its presence is what marks the cached teacher complete.
-    write_json_atomic(folder / "meta.json", {"digest": teacher_digest(cfg), "teacher": plain(node),
+    write_json_atomic(folder / "meta.json", {"digest": digest, "teacher": plain(node),
                                              "dataset": plain(cfg.dataset), "seed": teacher_seed(cfg),
                                              "report": report})
 

@@ -38,9 +38,10 @@ def write_cifar(root: Path, classes: int, per_batch: int = 20, seed: int = 0) ->
         _pickle(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)]})
 
 
-def write_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class: int = 8, size: int = 20) -> None:
+def write_image_folder(root: Path, classes=("cat", "dog", "fox"), per_class: int = 8, size: int = 20,
+                       seed: int = 0) -> None:
     """root/<class>/<i>.png, each class a different colour (so it is learnable)."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     for c, name in enumerate(classes):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):

@@ -10,6 +10,7 @@ from kdrun.data import build_data
 from kdrun.engine import make_optimizer, train_one_epoch
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config
+from kdrun.models.cifar import CIFAR_MODELS
 from kdrun.run import run
 from tests.conftest import CONFIGS, HAS_MNIST, make_cfg
 from tests.datasets import write_cifar, write_image_folder, write_imagenet_tree
@@ -24,7 +25,7 @@ def options(group: str) -> list[str]:
 
 def test_the_groups_hold_what_the_readme_promises():
     models = {"mlp1200", "mlp800", "lenet5", "resnet18", "resnet34", "resnet50", "mobilenetv2",
-              "mobilenetv3_small", "shufflenetv2", "efficientnet_b0", "vgg11", "torchvision", "timm", "custom"}
+              "mobilenetv3_small", "shufflenetv2", "efficientnet_b0", "vgg11", "torchvision", "timm", "custom"} | CIFAR_MODELS
     assert set(options("teacher")) == set(options("student")) == models
     assert set(options("dataset")) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "imagenet",
                                        "fake", "custom"}
@@ -49,9 +50,11 @@ def _one_step(model_node, dataset: str, extra=()):
     assert metrics["train/loss"] > 0
 
 
+# The CIFAR family trains one step each in tests/test_cifar_models.py, on tiny CIFAR-shaped images.
 @pytest.mark.parametrize("role", ["teacher", "student"])
-# torchvision, timm and custom need a name or a target: tested with one here, in test_pretrained and test_custom_code
-@pytest.mark.parametrize("option", [o for o in options("student") if o not in ("torchvision", "timm", "custom")])
+# torchvision, timm and custom need a name or a target: tested with one here, in test_pretrained and test_custom_code;
+# the CIFAR family trains one step each in tests/test_cifar_models.py, on tiny CIFAR-shaped images.
+@pytest.mark.parametrize("option", [o for o in options("student") if o not in ("torchvision", "timm", "custom") and o not in CIFAR_MODELS])
 def test_every_model_option_trains_one_step_on_mnist_shaped_data(role, option):
     cfg = make_cfg(f"{role}={option}")
     _one_step(cfg[role], "fake")

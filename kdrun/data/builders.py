@@ -13,7 +13,7 @@ from filelock import FileLock
 from torchvision import transforms
 
 from kdrun import KdrunError
-from kdrun.data import DataBundle, register_dataset, split_indices
+from kdrun.data import DataBundle, fingerprint, register_dataset, sample, split_indices
 from kdrun.data.folders import loader_bundle
 from kdrun.data.memory import TensorLoader
 
@@ -98,6 +98,10 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device, 
         "val": (train_x[va_idx], train_y[va_idx]),
         "test": (test_x, test_y),
     }
+    # Every split's shape and labels and a spread sample of its images: cheap, and no two datasets
+    # (or subsets, or splits) that a teacher could tell apart share it.
+    digest = fingerprint(part for name, (x, y) in splits.items()
+                         for part in (f"{name}{tuple(x.shape)}".encode(), y.long(), x[sample(len(x))]))
     splits = {k: (x.contiguous().to(device), y.long().to(device)) for k, (x, y) in splits.items()}
 
     def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
@@ -117,14 +121,50 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device, 
         image_size=train_x.shape[-1],
         sizes={k: len(y) for k, (_, y) in splits.items()},
         make_loader=make_loader,
+        fingerprint=digest,
+        split_labels=lambda split: splits[split][1],
         classes=list(classes) if classes else [str(i) for i in range(num_classes)],
     )
 
 
+def _unreadable(cfg_name: str, path: Path, error: OSError) -> KdrunError:
+    return KdrunError(f"dataset={cfg_name}: could not read {path} ({error.strerror or error}); check the file and its "
+                      "permissions (a network or disk fault may pass: then run again)")
+
+
+def _corrupt(cfg_name: str, path: Path, expected: str) -> KdrunError:
+    return KdrunError(f"dataset={cfg_name}: {path} is corrupt ({expected}); replace it with an intact copy of the "
+                      "original file")
+
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
 def _idx_dataset(cls, cfg, root: Path, device, num_classes: int) -> DataBundle:
-    # torchvision's MNIST/FashionMNIST hold the decoded IDX files as uint8 tensors in .data
-    train, test = _torchvision_splits(cls, cfg, root, f"{root / cls.__name__ / 'raw'}/train-images-idx3-ubyte etc.")
-    return _in_memory(cfg, train.data, train.targets, test.data, test.targets, num_classes, device, cls.classes)
+    """The four IDX files torchvision's MNIST/FashionMNIST read, read with torchvision's own readers,
+    so that a missing, a corrupt and an unreadable file are each reported as what they are."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    raw = root / cls.__name__ / "raw"
+    if not all((raw / name).exists() for name in IDX_FILES):
+        # Missing: torchvision downloads them (dataset.download), or the one line says what to do.
+        _torchvision_splits(cls, cfg, root, f"{raw}/train-images-idx3-ubyte etc.")
+    arrays = {}
+    for name in IDX_FILES:
+        images = "images" in name
+        try:
+            arrays[name] = (read_image_file if images else read_label_file)(str(raw / name))
+        except OSError as e:
+            raise _unreadable(cfg.name, raw / name, e) from None
+        except Exception:  # a wrong magic number, a file cut short: torchvision's readers assert and reshape
+            raise _corrupt(cfg.name, raw / name, f"not an IDX file of {'images' if images else 'labels'} of the "
+                           "size its header gives") from None
+    for split in ("train", "t10k"):
+        x, y = arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"]
+        if len(x) != len(y):
+            raise _corrupt(cfg.name, raw / f"{split}-labels-idx1-ubyte", f"{len(y)} labels for {len(x)} images")
+    return _in_memory(cfg, arrays[IDX_FILES[0]], arrays[IDX_FILES[1]], arrays[IDX_FILES[2]], arrays[IDX_FILES[3]],
+                      num_classes, device, cls.classes)
 
 
 @register_dataset
@@ -138,7 +178,21 @@ def fashion_mnist(cfg, root: Path, device) -> DataBundle:
 
 
 def _cifar(cls, cfg, root: Path, device) -> DataBundle:
-    train, test = _torchvision_splits(cls, cfg, root, f"{root / cls.base_folder} with the original, md5-checked files")
+    try:
+        train, test = cls(str(root), train=True), cls(str(root), train=False)
+    except OSError as e:
+        raise _unreadable(cfg.name, Path(e.filename or root / cls.base_folder), e) from None
+    except RuntimeError:  # torchvision says "not found or corrupted": which one, and which file?
+        from torchvision.datasets.utils import check_integrity
+
+        files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
+        missing = [root / cls.base_folder / name for name, _ in files if not (root / cls.base_folder / name).is_file()]
+        if missing:  # torchvision downloads them (dataset.download), or the one line says what to do
+            train, test = _torchvision_splits(cls, cfg, root, f"{missing[0]} among the original files")
+        else:
+            bad = next((root / cls.base_folder / name for name, md5 in files
+                        if not check_integrity(str(root / cls.base_folder / name), md5)), root / cls.base_folder)
+            raise _corrupt(cfg.name, bad, "its md5 is not that of the original file") from None
 
     def to_tensors(ds):  # .data is N, H, W, C uint8 (numpy); .targets a list
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
@@ -209,7 +263,7 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
 
 def _image_tree(folder: Path, root: Path) -> torchvision.datasets.ImageFolder:
     try:
-        return torchvision.datasets.ImageFolder(str(folder))
+        return torchvision.datasets.ImageFolder(str(folder), loader=_load_image)
     except (FileNotFoundError, RuntimeError) as e:
         raise KdrunError(f"dataset.root={root}: {e}") from None
 
@@ -227,6 +281,11 @@ def _trees(cfg, device, tree, test_tree, pool, test_idx, augmented, plain, size:
     pool = _sample(pool, cfg.train_subset, cfg.split_seed + 2)
     tr, va = split_indices(len(pool), cfg.val_split, cfg.split_seed)
     indices = {"train": pool[tr], "val": pool[va], "test": _sample(test_idx, cfg.test_subset, cfg.split_seed + 3)}
+    # The file list, the splits, and the bytes of a few files spread over each tree.
+    files = [(Path(p).relative_to(t.root).as_posix(), c) for t in {id(tree): tree, id(test_tree): test_tree}.values()
+             for p, c in t.samples]
+    read = [Path(t.samples[i][0]).read_bytes() for t in (tree, test_tree) for i in sample(len(t), 32).tolist()]
+    digest = fingerprint([repr(files).encode(), *indices.values(), *read])
 
     def with_transform(ds, transform):  # a shallow copy shares the scanned file list
         ds = copy.copy(ds)
@@ -235,7 +294,7 @@ def _trees(cfg, device, tree, test_tree, pool, test_idx, augmented, plain, size:
 
     datasets = {"train": (with_transform(tree, augmented), with_transform(tree, plain)),
                 "val": (None, with_transform(tree, plain)), "test": (None, with_transform(test_tree, plain))}
-    bundle = loader_bundle(cfg, device, datasets, indices, len(tree.classes), 3, size)
+    bundle = loader_bundle(cfg, device, datasets, indices, len(tree.classes), 3, size, digest)
     bundle.classes = list(tree.classes)
     return bundle
 
@@ -294,6 +353,21 @@ def custom(cfg, root: Path, device) -> DataBundle:
         tr, va = split_indices(len(pool), cfg.val_split, cfg.split_seed)
         val, indices = train, {"train": pool[tr], "val": pool[va], "test": test_idx}
     datasets = {"train": (train, train), "val": (None, val), "test": (None, test)}
-    bundle = loader_bundle(cfg, device, datasets, indices, num_classes, x.shape[0], x.shape[-1])
+    digest = fingerprint([repr((type(train).__name__, len(train), type(test).__name__, len(test))).encode(),
+                          *indices.values()])
+    bundle = loader_bundle(cfg, device, datasets, indices, num_classes, x.shape[0], x.shape[-1], digest)
     bundle.classes = [str(c) for c in train.classes] if hasattr(train, "classes") else None
     return bundle
+
+
+def _load_image(path: str):
+    """torchvision's loader (PIL, RGB), naming the file that cannot be read."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except OSError as e:  # PIL's UnidentifiedImageError (not an image, cut short) is an OSError too
+        why = e.strerror or str(e).split(" <")[0] or type(e).__name__
+        raise KdrunError(f"dataset.root: cannot read the image {path} ({why}); remove it "
+                         "or replace it with an intact image") from None

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from kdrun import KdrunError
 from kdrun.data import DataBundle
 
 
@@ -75,9 +76,11 @@ def _labels(dataset: Dataset, indices: Sequence[int]) -> list:
 
 
 def loader_bundle(cfg, device: torch.device, datasets: Dict[str, Tuple[Optional[Dataset], Dataset]],
-                  indices: Dict[str, torch.Tensor], num_classes: int, in_channels: int, image_size: int) -> DataBundle:
+                  indices: Dict[str, torch.Tensor], num_classes: int, in_channels: int, image_size: int,
+                  fingerprint: str = "") -> DataBundle:
     """A DataBundle over map-style datasets: `datasets[split]` is (the augmented view or None, the plain
-    view), `indices[split]` the items of that split. `cfg` gives the DataLoader's workers and prefetching."""
+    view), `indices[split]` the items of that split. `cfg` gives the DataLoader's workers and prefetching;
+    `fingerprint` says what the data is (kdrun.data.fingerprint), for the teacher cache's key."""
 
     def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
         augmented, plain = datasets[split]
@@ -89,11 +92,31 @@ def loader_bundle(cfg, device: torch.device, datasets: Dict[str, Tuple[Optional[
             chosen = [chosen[p] for p in kept]
         rows = {k: v[kept] for k, v in extras.items()} if extras else None
         workers = cfg.num_workers
-        return DataLoader(SeededItems(dataset, chosen, rows), batch_size=batch_size, sampler=SeededOrder(len(chosen), shuffle),
+        return _OneLineErrors(DataLoader(SeededItems(dataset, chosen, rows), batch_size=batch_size, sampler=SeededOrder(len(chosen), shuffle),
                           num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                          prefetch_factor=cfg.prefetch_factor if workers > 0 else None, generator=torch.Generator())
+                          prefetch_factor=cfg.prefetch_factor if workers > 0 else None, generator=torch.Generator()))
 
     return DataBundle(name=cfg.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                      sizes={k: len(v) for k, v in indices.items()}, make_loader=make_loader, in_memory=False,
+                      sizes={k: len(v) for k, v in indices.items()}, make_loader=make_loader, in_memory=False, fingerprint=fingerprint,
                       split_labels=lambda split: torch.tensor(_labels(datasets[split][1], indices[split].tolist()),
                                                               dtype=torch.long))
+
+
+class _OneLineErrors:
+    """A DataLoader whose workers' errors keep their one line: torch re-raises an error of a worker
+    with the worker's traceback in its message."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):  # the DataLoader's own attributes (sampler, dataset...)
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        try:
+            yield from self.loader
+        except KdrunError as e:
+            raise KdrunError(str(e).strip().splitlines()[-1].removeprefix("kdrun.KdrunError: ")) from None

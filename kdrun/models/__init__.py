@@ -51,6 +51,14 @@ def build_model(
 
         model = build_timm(name, num_classes, in_channels, pretrained, **kwargs)
     elif name in _REGISTRY:
+        import inspect
+
+        accepted = inspect.signature(_REGISTRY[name]).parameters
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            options = [p for p in accepted if p not in ("num_classes", "in_channels", "image_size")]
+            raise KdrunError(f"model {name}: no argument {', '.join(map(repr, unknown))} (its kwargs are "
+                             f"{', '.join(options) or 'none'}): check the model's kwargs")
         model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     else:
         from kdrun.models.tv import build_torchvision
@@ -151,4 +159,4 @@ def rebuilds_first_conv(name: str, in_channels: int, library: str | None = None,
     return target is None and library is None and name not in _REGISTRY and in_channels != 3
 
 
-from kdrun.models import lenet, mlp  # noqa: E402,F401  (registers the zoo)
+from kdrun.models import cifar, lenet, mlp  # noqa: E402,F401  (registers the zoo)

@@ -2,6 +2,7 @@
 learns from it. With kd=none no teacher is needed and the student learns from labels alone."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config, model_meta, pretrained_of
 from kdrun.schemes import RunContext, example_batch, log
+from kdrun.models.cifar import warn_small_maps
 from kdrun.speed import accelerate, speed_settings
 from kdrun.teachers import Ensemble, cached_train_logits, get_teachers, test_report
 
@@ -30,6 +32,8 @@ def run(ctx: RunContext) -> dict:
                              "layer to read: with teacher=[...] or teacher.ensemble_seeds use logit methods "
                              "(hinton, logits, dkd, dist)")
     teacher, teacher_info = None, None
+    if not cfg.dry_run:
+        check_layers(cfg, methods, cfg.teacher, ctx.data, ctx.device)
     if methods:
         teacher, teacher_info = get_teachers(cfg, ctx.data, ctx.device, ctx.metrics, cfg.progress, ctx.should_stop,
                                              T=distillation_T(cfg, methods), train=not cfg.dry_run)
@@ -37,6 +41,18 @@ def run(ctx: RunContext) -> dict:
             log.info(teacher_line(teacher_info))
             chance_level("the teacher", teacher_info.get("test_acc"), ctx.data.num_classes)
     return distill(ctx, methods, teacher, teacher_info)
+
+
+def check_layers(cfg, methods: dict, teacher_node, data, device) -> None:
+    """Runs the methods' dry pass on untrained models of both architectures, so that a wrong layer
+    path, or a method that needs feature maps given flat features, fails before any model trains.
+    The methods given are not set up (copies are) and no random state is consumed."""
+    if all(m.ready for m in methods.values()):  # logits only: nothing to size or check
+        return
+    with torch.random.fork_rng(devices=[]):
+        student = build_from_config(cfg.student, data).to(device)
+        teacher = build_from_config(teacher_node, data).to(device)
+        Distiller(student, teacher, copy.deepcopy(methods), ce_weight(cfg), example=example_batch(data, device))
 
 
 def distill(ctx: RunContext, methods: dict, teacher, teacher_info, role: str = "student") -> dict:
@@ -53,6 +69,7 @@ def distill(ctx: RunContext, methods: dict, teacher, teacher_info, role: str = "
     speed = {**speed_settings(cfg, device, student), "label_smoothing": cfg.student.label_smoothing}
     # Built with every method, so that the dry pass sizes all adapters before any training.
     full = Distiller(student, teacher, methods, ce_weight(cfg), example=example_batch(data, device), **speed)
+    warn_small_maps(full.layer_report, cfg.student.name, (teacher_info or {}).get("arch", cfg.student.name))
     if cfg.dry_run:
         return {"teacher": teacher_info, "layers": full.layer_report}
     ckpt_dir.mkdir(parents=True, exist_ok=True)
