@@ -11,13 +11,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdrun import KdrunError
+from kdrun import KdrunError, distributed
 
 log = logging.getLogger(__name__)
 
 
 def save_checkpoint(obj: Any, path: Path) -> None:
-    """Writes to a temporary file in the same folder, then renames: a crash never leaves half a file."""
+    """Writes to a temporary file in the same folder, then renames: a crash never leaves half a file.
+    Under DDP rank 0 alone writes (every process holds the same state)."""
+    if not distributed.is_main():
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -108,6 +111,8 @@ def load_weights(model: nn.Module, path: Path, setting: str, arch: str, num_clas
 def write_json_atomic(path: Path, obj: Any) -> None:
     import json
 
+    if not distributed.is_main():  # rank 0 alone writes (summary.json, meta.json, ...)
+        return
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

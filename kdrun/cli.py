@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 import kdrun
-from kdrun import Interrupted, KdrunError
+from kdrun import Interrupted, KdrunError, distributed
 from kdrun.config import config_dir, register_configs
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def _user_error(e: Exception) -> Optional[str]:
     if isinstance(e, MissingMandatoryValue):
         key = getattr(e, "full_key", None) or "a required setting"
         return f"{key} has no value (???): set it on the command line, e.g. {key}=..."
-    return None
+    return distributed.peer_failure(e)  # under DDP: another process failed first (its own line)
 
 
 def _resume_command() -> str:
@@ -73,6 +73,7 @@ def _main(cfg: DictConfig) -> float | None:
     except Exception as e:
         line = _user_error(e)
         first = ((line or f"{type(e).__name__}: {e}").strip().splitlines() or ["(no message)"])[0]
+        distributed.report_failure(first)  # under DDP: the other processes end with this line
         refused = isinstance(e, Refused)
         if not refused:  # a refused run changed nothing in the directory, and records nothing there
             record_failure(Path(HydraConfig.get().runtime.output_dir), first)
@@ -88,9 +89,10 @@ def _main(cfg: DictConfig) -> float | None:
         return None  # not a number: Optuna records the trial as failed and goes on
     if summary["status"] != "ok":  # a dry run printed its layer table already
         return None
-    print_summary(summary)
-    # kdrun.log tells the whole story: the table too
-    to_log_files("results:\n" + plain_text(lambda console: print_summary(summary, console)))
+    if distributed.is_main():  # one table: rank 0's
+        print_summary(summary)
+        # kdrun.log tells the whole story: the table too
+        to_log_files("results:\n" + plain_text(lambda console: print_summary(summary, console)))
     return summary["student"]["best_val_acc"]  # what a sweeper may maximise: never the test set
 
 
@@ -99,8 +101,11 @@ def _help() -> str:
     the teacher and student groups share), and where the other settings are."""
     root = config_dir()
     groups = {g: sorted(p.stem for p in (root / g).glob("*.yaml"))
-              for g in ("teacher", "student", "dataset", "kd", "scheme", "experiment") if (root / g).is_dir()}
+              for g in ("teacher", "student", "dataset", "kd", "scheme", "logger", "pair", "experiment")
+              if (root / g).is_dir()}
     notes = {"teacher": "  (several: teacher=[a,b] is an ensemble)", "kd": "  (several: kd=[hinton,at])",
+             "logger": "  (several: logger=[tensorboard,mlflow])",
+             "pair": "  (a pair of the CIFAR-100 benchmark: teacher, student and its per-pair settings)",
              "experiment": "  (a preset: +experiment=NAME)"}
     lines = [f"kdrun {kdrun.__version__}: knowledge distillation experiments (PyTorch, Hydra)", "",
              "usage: kdrun [GROUP=OPTION ...] [KEY=VALUE ...] [-m] [--cfg job] [--version] [--hydra-help]", "",
@@ -122,6 +127,9 @@ def main() -> None:
     if "--help" in args or "-h" in args:
         print(_help())
         return
+    # Under torchrun/srun, the processes other than rank 0 compose the same config but make no run
+    # directory of their own: rank 0's is theirs (kdrun.distributed).
+    sys.argv[1:] = distributed.follower_overrides(args)
     try:
         _main()
     except KeyboardInterrupt:  # Ctrl-C before training began (or after it ended): nothing to save

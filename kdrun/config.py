@@ -211,6 +211,8 @@ def _run_config_class():
         "amp": str,
         "channels_last": str,
         "compile": bool,
+        "sync_bn": bool,
+        "dist_timeout_s": float,
         "deploy_report": bool,
     }
     defaults = {
@@ -236,6 +238,8 @@ def _run_config_class():
         "amp": "auto",
         "channels_last": "auto",
         "compile": False,
+        "sync_bn": False,  # under torchrun/SLURM: BatchNorm statistics over the global batch (SyncBatchNorm)
+        "dist_timeout_s": 1800.0,  # under torchrun/SLURM: how long a process waits for the others
         # Parameters, weight bytes, multiply-adds, CPU latency and throughput of every model (kdrun/deploy.py)
         "deploy_report": True,
     }
@@ -322,6 +326,8 @@ def check(cfg: DictConfig) -> None:
         _fail("amp", cfg.amp, "choose auto, off, bf16 or fp16")
     if cfg.channels_last not in ("auto", "on", "off"):
         _fail("channels_last", cfg.channels_last, "choose auto, on or off")
+    if cfg.dist_timeout_s <= 0:
+        _fail("dist_timeout_s", cfg.dist_timeout_s, "the seconds a process waits for the others must be > 0")
     if cfg.ensemble.combine not in COMBINES:
         _fail("ensemble.combine", cfg.ensemble.combine, f"choose one of {', '.join(COMBINES)}")
     if len(teacher_members(cfg)) > 1:  # (also checks the ensemble's settings)

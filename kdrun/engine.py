@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from kdrun import Interrupted, KdrunError
+from kdrun import Interrupted, KdrunError, distributed
 from kdrun.checkpoint import load_checkpoint, save_checkpoint
 from kdrun.loggers.console import EpochLog
 from kdrun.methods.base import Distiller
@@ -71,7 +71,8 @@ def make_optimizer(recipe, params) -> torch.optim.Optimizer:
 
 
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line, one line per model per epoch. fit() writes an epoch's
+    """metrics.jsonl: one JSON object per line, one line per model per epoch, written by rank 0 alone
+    under DDP. fit() writes an epoch's
     lines after the checkpoint that holds them, and a resume rewinds the file to that checkpoint, so
     the lines and the checkpoints agree whatever moment a run was killed at. Every line also goes to
     the run's trackers (kdrun.loggers.Trackers: TensorBoard, MLflow, ...), after it is on disk."""
@@ -81,6 +82,8 @@ class MetricsLog:
         self.trackers = trackers
 
     def write(self, record: dict) -> None:
+        if not distributed.is_main():
+            return
         cut = False  # a line cut short by a killed process is ended first, so it cannot swallow this one
         if self.path.exists() and self.path.stat().st_size:
             with self.path.open("rb") as f:
@@ -101,6 +104,8 @@ class MetricsLog:
         """Makes the lines of `models` agree with a checkpoint of `epoch`: later lines (written
         before a crash) go, and its own lines of `epoch` (`last`, kept in the checkpoint) are put
         back when given, in case the crash came between the checkpoint and them."""
+        if not distributed.is_main():
+            return
         models = set(models)
         until = epoch - 1 if last is not None else epoch
         kept = [r for r in self.read() if not (r["model"] in models and r["epoch"] > until)]
@@ -129,7 +134,7 @@ def train_one_epoch(
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=None if progress else True)
     for step, (x, y, *extras) in enumerate(bar):
-        if should_stop():
+        if distributed.any_rank(should_stop()):  # every process stops at the same step
             raise Interrupted(desc)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if len(y) < 2:  # batch norm cannot train on a single image (a last, tiny batch)
@@ -150,6 +155,7 @@ def train_one_epoch(
             first = next(iter(correct))
             bar.set_postfix(loss=f"{out['loss'].item():.4f}", acc=f"{correct[first].item() / seen:.3f}")
     seconds = time.perf_counter() - start
+    sums, correct, correct5, seen = distributed.sum_across(dict(sums), dict(correct), dict(correct5), seen)
     if seen == 0:
         raise KdrunError("the training split has fewer than 2 images: raise dataset.train_subset or lower dataset.val_split")
     metrics = {f"train/{k}": (v / seen).item() for k, v in sums.items()}
@@ -174,6 +180,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device) -> dict:
         correct += (logits.argmax(1) == y).sum().item()
         correct5 += topk_correct(logits, y).item() if reports_top5(logits) else 0
         n += len(y)
+    # Each process evaluated its shard: sums and counts over all of them.
+    correct, correct5, n, loss = distributed.sum_across(correct, correct5, n, loss)
     top5 = {"acc5": correct5 / n} if reports_top5(logits) else {}
     return {"acc": correct / n, **top5, "errors": n - correct, "images": n, "loss": loss / n}
 
@@ -253,6 +261,7 @@ def fit(
                                exclude=recipe.exclude_classes)
     val_loader = data.loader("val", 1024) if data.has_val else None
     epoch_log = EpochLog(epochs)
+    trainer = distributed.wrap(model)  # DDP under torchrun/SLURM; `model` stays the one saved and evaluated
 
     for epoch in range(first_epoch, epochs + 1):
         reseed(seed, role, epoch)
@@ -266,7 +275,7 @@ def fit(
         for group in optimizer.param_groups:
             group["lr"] = lr
         update.start_epoch(lr_at if warmup and epoch <= warmup else None)
-        train = train_one_epoch(model, train_loader, update, device, f"{role} {epoch}/{epochs}", progress,
+        train = train_one_epoch(trainer, train_loader, update, device, f"{role} {epoch}/{epochs}", progress,
                                 should_stop)
         timing = {k: train.pop(k) for k in ("seconds", "images_per_sec")}
         lines = []
@@ -294,6 +303,7 @@ def fit(
         for name, record in zip(members, lines):  # after the checkpoint that holds them (see MetricsLog)
             metrics.write(record)
             epoch_log(record, best[name])
+    distributed.barrier()  # rank 0's files are on disk before any process reads them
     results = {name: FitResult(best_epoch=best[name][0], best_val_acc=best[name][1], best_path=best_paths[name])
                for name in members}
     return results[role] if single else results

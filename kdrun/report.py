@@ -272,8 +272,11 @@ class SweepSummary(Callback):
     summary, plots and table, in the sweep directory."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from kdrun import distributed
         from kdrun.loggers import log_sweep
 
+        if not distributed.is_main():  # a sweep run under torchrun: rank 0 writes its summary
+            return
         sweep_dir = Path(str(config.hydra.sweep.dir))
         try:
             report = write_report([sweep_dir], sweep_dir)

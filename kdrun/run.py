@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 import kdrun
-from kdrun import KdrunError, baseline, deploy, rundir
+from kdrun import KdrunError, baseline, deploy, distributed, rundir
 from kdrun.checkpoint import write_json_atomic
 from kdrun.config import ce_weight, check, check_data, check_overrides
 from kdrun.data import build_data
@@ -111,31 +111,38 @@ def _overrides() -> list:
 def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
     """Runs one experiment into `run_dir` (Hydra's output directory by default); returns the summary.
     The directory is checked before anything is written or trained in it (kdrun.rundir)."""
+    check(cfg)  # a bad value is refused before the run directory is touched
+    check_overrides(cfg, _overrides())
+    # Under torchrun/SLURM: one process per device, joined here; rank 0's run directory is everyone's,
+    # and rank 0 alone claims it, checks a resume and looks for a shared baseline: the others follow.
+    device = distributed.init(pick_device(cfg.device), cfg.dist_timeout_s, cfg.sync_bn)
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_dir = Path(run_dir)
+    run_dir = Path(distributed.from_main(str(run_dir)))
+    main = distributed.is_main()
+    if not main:
+        cfg.progress = False  # one progress bar: rank 0's
     digest = config_digest(cfg)
-    with rundir.opened(run_dir, cfg.resume, cfg.dry_run, digest, _overrides()) as previous:
+    opened = rundir.opened(run_dir, cfg.resume, cfg.dry_run, digest, _overrides()) if main else contextlib.nullcontext()
+    with opened as previous:
+        previous = distributed.from_main(previous)
         if previous is not None:  # a resume of a complete run
             return previous
-        check(cfg)
-        check_overrides(cfg, _overrides())
-        with baseline.shared(cfg, run_dir) as same:  # an equal kd=none job of the sweep finished already
-            if same is not None:
-                return baseline.share(same, cfg, run_dir, _overrides(), digest)
-            return _run(cfg, run_dir, digest)
+        with baseline.shared(cfg, run_dir) if main else contextlib.nullcontext() as same:
+            if distributed.from_main(same is not None):  # an equal kd=none job of the sweep finished already
+                return distributed.from_main(baseline.share(same, cfg, run_dir, _overrides(), digest) if main else None)
+            return _run(cfg, run_dir, digest, device)
 
 
-def _run(cfg: DictConfig, run_dir: Path, digest: str) -> dict:
+def _run(cfg: DictConfig, run_dir: Path, digest: str, device: torch.device) -> dict:
     summary_path = run_dir / "summary.json"
     if not cfg.dry_run:
         # Its presence means the run finished: a stale one (a failure) must not outlive this start.
         summary_path.unlink(missing_ok=True)
 
     started = time.time()
-    device = pick_device(cfg.device)
     for line in run_header(cfg, run_dir, device):
         log.info(line)
     torch.manual_seed(cfg.seed)
@@ -144,7 +151,8 @@ def _run(cfg: DictConfig, run_dir: Path, digest: str) -> dict:
     log.info("data: %s, %s train / %s val / %s test images, %d classes, on %s", data.name, data.sizes["train"],
              data.sizes["val"], data.sizes["test"], data.num_classes, device)
     # Before any training: a tracker whose package is missing stops the run here, with one line.
-    trackers = Trackers() if cfg.dry_run else open_trackers(cfg, run_info(run_dir))
+    # Under DDP rank 0 alone reports to the trackers (none on the others).
+    trackers = Trackers() if cfg.dry_run or not distributed.is_main() else open_trackers(cfg, run_info(run_dir))
     with trackers, stop_on_signals() as should_stop:
         ctx = RunContext(cfg=cfg, run_dir=run_dir, device=device, data=data,
                          metrics=MetricsLog(run_dir / "metrics.jsonl", trackers), config_digest=digest,
@@ -154,10 +162,11 @@ def _run(cfg: DictConfig, run_dir: Path, digest: str) -> dict:
     if cfg.dry_run:
         from kdrun.report import print_layers
 
-        print_layers(models["layers"], models.get("teacher"))
+        if distributed.is_main():
+            print_layers(models["layers"], models.get("teacher"))
         return {"status": "dry_run", **models}
 
-    if cfg.deploy_report:
+    if cfg.deploy_report and distributed.is_main():  # under DDP, rank 0 measures for the summary it writes
         measuring = time.time()
         deploy.report(models, modules, (data.in_channels, data.image_size, data.image_size), device)
         models["compression"] = deploy.compression(models.get("teacher"), models.get("student"))
@@ -175,6 +184,7 @@ def _run(cfg: DictConfig, run_dir: Path, digest: str) -> dict:
         "lambda": ce_weight(cfg),
         "seed": cfg.seed,
         "device": str(device),
+        "world_size": distributed.world_size(),
         "wall_time_s": round(time.time() - started, 2),
         "run_dir": str(run_dir.resolve()),
         "overrides": _overrides(),

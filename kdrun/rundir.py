@@ -175,7 +175,7 @@ def config_digest(cfg: DictConfig) -> str:
     from kdrun.config import plain
 
     node = plain(cfg)
-    for key in ("resume", "progress", "data_dir", "dry_run", "logger", "deploy_report"):
+    for key in ("resume", "progress", "data_dir", "dry_run", "logger", "dist_timeout_s", "deploy_report"):
         node.pop(key, None)
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -17,7 +17,7 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 from torch import nn
 
-from kdrun import KdrunError
+from kdrun import KdrunError, distributed
 from kdrun.checkpoint import load_checkpoint, load_weights, save_checkpoint, write_json_atomic
 from kdrun.config import ensemble_combine, plain, teacher_members
 from kdrun.losses.response import ensemble_logits
@@ -135,10 +135,11 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
     except OSError as e:
         raise cannot_write("teacher_cache", Path(cfg.teacher_cache), e) from None
     weights, meta_file = folder / "teacher.pt", folder / "meta.json"
-    with FileLock(str(folder / ".lock")):
+    # Under DDP rank 0 holds the lock and its view of the cache decides; the ranks train together.
+    with distributed.main_holds(FileLock(str(folder / ".lock"))):
         if not train and not meta_file.exists():
             return model.to(device), {"arch": node.name, "source": "untrained (dry run)", "digest": digest}
-        if weights.exists() and meta_file.exists():
+        if distributed.from_main(weights.exists() and meta_file.exists()):
             source = "cache"
             log.info("teacher %s: loaded from the cache (%s)", node.name, folder)
         else:
@@ -171,13 +172,15 @@ def _train_into(folder: Path, model, cfg, data, device, meta, progress, should_s
                  progress=progress, should_stop=should_stop)
     load_weights(model, result.best_path, "teacher checkpoint", **meta)
     report = test_report(model, data, device, result.best_epoch, result.best_val_acc)
-    # Done: the best weights become teacher.pt; the resume state (with the optimizer's) is not needed.
-    result.best_path.replace(folder / "teacher.pt")
-    (folder / "teacher_last.pt").unlink(missing_ok=True)
+    if distributed.is_main():
+        # Done: the best weights become teacher.pt; the resume state (with the optimizer's) is not needed.
+        result.best_path.replace(folder / "teacher.pt")
+        (folder / "teacher_last.pt").unlink(missing_ok=True)
     # Written last: its presence is what marks the cached teacher complete.
     write_json_atomic(folder / "meta.json", {"digest": digest, "teacher": plain(node),
                                              "dataset": plain(cfg.dataset), "seed": teacher_seed(cfg),
                                              "report": report})
+    distributed.barrier()  # the others read what rank 0 wrote
 
 
 def cached_train_logits(teacher: nn.Module, data, device, folder: Path, digest: str) -> torch.Tensor:
@@ -185,13 +188,14 @@ def cached_train_logits(teacher: nn.Module, data, device, folder: Path, digest: 
     once and kept beside the cached teacher, so that runs and sweep jobs with un-augmented student
     inputs read them instead of running the teacher at every step."""
     path = folder / "train_logits.pt"
-    with FileLock(str(folder / ".lock")):
-        if path.exists():
+    with distributed.main_holds(FileLock(str(folder / ".lock"))):
+        if distributed.from_main(path.exists()):
             record = load_checkpoint(path, "teacher logit cache")
             if record["digest"] == digest and tuple(record["logits"].shape) == (data.sizes["train"], data.num_classes):
                 return record["logits"]
         teacher.eval()
-        with torch.no_grad():
+        with torch.no_grad():  # under DDP each process its shard, then gathered once
             logits = torch.cat([logits_of(teacher(x.to(device))).float().cpu() for x, _ in data.loader("train", 1024)])
+        logits = distributed.gather_shards(logits, data.sizes["train"])
         save_checkpoint({"digest": digest, "logits": logits}, path)
     return logits

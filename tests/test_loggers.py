@@ -65,7 +65,7 @@ def test_chance_level_accuracy_is_a_warning(caplog):
 
 # --- the logger config group ----------------------------------------------------------------------
 
-def test_every_logger_option_composes_and_names_its_class():
+def test_every_logger_option_composes_and_names_its_class(tmp_path):
     options = sorted(p.stem for p in (CONFIGS / "logger").glob("*.yaml"))
     assert options == ["csv", "mlflow", "none", "tensorboard", "wandb"]
     assert all(node is None for node in make_cfg().logger.values())  # logger=none is the default
@@ -75,7 +75,8 @@ def test_every_logger_option_composes_and_names_its_class():
         for name, node in selected.items():
             assert get_class(node._target_).__module__ == f"kdrun.loggers.{name}"
     with pytest.raises(KdrunError, match="logger.wandb.mode=upload: choose one of online, offline, disabled"):
-        run(make_cfg("logger=wandb", "logger.wandb.mode=upload"), Path("/nonexistent"))
+        run(make_cfg("logger=wandb", "logger.wandb.mode=upload"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # refused before the run directory is made
 
 
 def test_a_missing_tracker_package_is_one_line_naming_the_extra(tmp_path, monkeypatch):

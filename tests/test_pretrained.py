@@ -81,9 +81,9 @@ def test_other_classes_fine_tune_a_new_head_through_the_teacher_cache(published,
     assert (summary["teacher"]["source"], summary["teacher"]["weights"]) == ("trained", str(WEIGHTS))
     assert "test_acc5" not in summary["student"]  # 10 classes: top-1 only
     # The cache's digest holds the weights: `true` and their name are the same teacher; none is another.
-    digest = summary["teacher"]["digest"]
-    assert teacher_digest(make_cfg(*args, "teacher.pretrained=IMAGENET1K_V1")) == digest
-    assert teacher_digest(make_cfg(*args)) != digest
+    named = teacher_digest(make_cfg(*args, "teacher.pretrained=IMAGENET1K_V1"))
+    assert teacher_digest(make_cfg(*args, "teacher.pretrained=true")) == named
+    assert teacher_digest(make_cfg(*args)) != named
 
 
 def test_offline_without_the_weights_file_one_line_names_the_file_and_its_folder(torch_home, monkeypatch):

@@ -318,8 +318,12 @@ def test_help_lists_what_a_user_selects_and_version_is_kdruns(tmp_path):
 
     text = kdrun_cli("--help", cwd=tmp_path).stdout
     groups = {line.split(":")[0].strip() for line in text.splitlines() if line.startswith("  ") and ": " in line}
-    assert {"teacher", "student", "dataset", "kd", "scheme", "+experiment"} <= groups and "model" not in groups
-    assert "  kd: ab, at, cc, dkd" in text
+    assert {"teacher", "student", "dataset", "kd", "scheme", "logger", "pair", "+experiment"} <= groups
+    assert "model" not in groups
+    kd_line = next(line for line in text.splitlines() if line.startswith("  kd: "))
+    from tests.conftest import CONFIGS
+
+    assert set(kd_line[len("  kd: "):].split("  (")[0].split(", ")) == {p.stem for p in (CONFIGS / "kd").glob("*.yaml")}
     assert kdrun_cli("--version", cwd=tmp_path).stdout.strip() == f"kdrun {kdrun.__version__}"
 
 

@@ -69,9 +69,12 @@ def test_tiny_reproduction_writes_the_report_with_every_row(tmp_path):
 def test_bench_prints_every_case(capsys):
     from kdrun.bench import main
 
-    result = main(["--steps", "3", "--workers", "0", "dataset.train_subset=1000", f"data_dir={DATA_DIR}"])
+    # Case (e) launches torchrun once per world size: one process here (the 2-process runs are tested in
+    # test_distributed.py).
+    result = main(["--steps", "3", "--workers", "0", "--world-sizes", "1", "dataset.train_subset=1000",
+                   f"data_dir={DATA_DIR}"])
     out = capsys.readouterr().out
     for case in ("(a) student alone", "(b) KD, live teacher", "(c) KD, cached teacher logits", "(d) KD, live teacher, "
-                 "DataLoader", "(c)/(a) =", "(c)/(d) =", "peak memory"):
+                 "DataLoader", "(c)/(a) =", "(c)/(d) =", "peak memory", "(e) (c) with DDP, torchrun --nproc_per_node=1"):
         assert case in out, case
-    assert all(result[k] > 0 for k in "abcd")
+    assert all(result[k] > 0 for k in "abcd") and result["ddp"][1] > 0

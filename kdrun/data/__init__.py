@@ -41,20 +41,22 @@ class DataBundle:
     config: Dict[str, Any] = field(default_factory=dict)  # the dataset config it was built from (build_data)
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
-               extras: Optional[Dict[str, torch.Tensor]] = None, exclude: Sequence[int] = ()) -> Iterable:
+               extras: Optional[Dict[str, torch.Tensor]] = None, exclude: Sequence[int] = (),
+               shard: bool = True) -> Iterable:
         """Batches of (images, labels), or (images, labels, {name: extra[idx]}) with `extras`: tensors
         with one row per image of the split, in its order (a teacher's cached logits, each image's
         index). Images of the classes in `exclude` are left out (e.g. Hinton et al.'s transfer set
-        without any 3)."""
+        without any 3). Under DDP (kdrun.distributed) each process gets its shard and its share of
+        `batch_size`, the global batch, unless `shard` is false."""
         if self.sizes.get(split, 0) == 0:
             raise ValueError(f"the {split} split is empty")
-        return self.make_loader(split, batch_size, shuffle, augment, extras, tuple(exclude))
+        return self.make_loader(split, batch_size, shuffle, augment, extras, tuple(exclude), shard)
 
     def labels(self, split: str) -> torch.Tensor:
         """Every label of a split, in its order."""
         if self.split_labels is not None:
             return self.split_labels(split)
-        return torch.cat([y for _, y in self.loader(split, 1024)])
+        return torch.cat([y for _, y in self.loader(split, 1024, shard=False)])  # all of them, on every process
 
     @property
     def has_val(self) -> bool:

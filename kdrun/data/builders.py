@@ -104,7 +104,7 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device, 
                          for part in (f"{name}{tuple(x.shape)}".encode(), y.long(), x[sample(len(x))]))
     splits = {k: (x.contiguous().to(device), y.long().to(device)) for k, (x, y) in splits.items()}
 
-    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
+    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=(), shard=True):
         x, y = splits[split]
         if exclude:
             keep = ~torch.isin(y, torch.tensor(exclude, device=y.device))
@@ -112,7 +112,7 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device, 
             extras = {k: v[keep.to(v.device)] for k, v in (extras or {}).items()} or None
         shift, hflip = (cfg.shift, cfg.hflip) if augment else (0, False)
         return TensorLoader(x, y, batch_size, cfg.mean, cfg.std, shuffle=shuffle, shift=shift, hflip=hflip,
-                            extras=extras)
+                            extras=extras, shard=shard)
 
     return DataBundle(
         name=cfg.name,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from kdrun import KdrunError
+from kdrun import KdrunError, distributed
 from kdrun.data import DataBundle
 
 
@@ -56,17 +56,22 @@ class SeededOrder(Sampler):
     """Positions 0..n-1 (shuffled or not), each paired with one seed per pass, both drawn from the global
     generator that the engine seeds per epoch. They are its only draws in a pass: the DataLoader gets a
     generator of its own for its workers' base seed (which SeededItems makes moot), so persistent
-    workers, which draw none on later passes, leave the same global state as fresh ones."""
+    workers, which draw none on later passes, leave the same global state as fresh ones.
 
-    def __init__(self, n: int, shuffle: bool):
-        self.n, self.shuffle = n, shuffle
+    With `shard`, under DDP, this process's share of the order (kdrun.distributed.shard): every process
+    draws the same seed and order, so an image is augmented alike at any world size."""
+
+    def __init__(self, n: int, shuffle: bool, shard: bool = False):
+        self.n, self.shuffle, self.shard = n, shuffle, shard
 
     def __len__(self) -> int:
-        return self.n
+        return distributed.shard_size(self.n, train=self.shuffle) if self.shard else self.n
 
     def __iter__(self):
         seed = int(torch.randint(0, 2**62, ()))
         order = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
+        if self.shard:
+            order = distributed.shard(order, train=self.shuffle)
         return iter([(seed, i) for i in order.tolist()])
 
 
@@ -82,7 +87,7 @@ def loader_bundle(cfg, device: torch.device, datasets: Dict[str, Tuple[Optional[
     view), `indices[split]` the items of that split. `cfg` gives the DataLoader's workers and prefetching;
     `fingerprint` says what the data is (kdrun.data.fingerprint), for the teacher cache's key."""
 
-    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
+    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=(), shard=True):
         augmented, plain = datasets[split]
         dataset = augmented if augment and augmented is not None else plain
         chosen = indices[split].tolist()
@@ -92,12 +97,16 @@ def loader_bundle(cfg, device: torch.device, datasets: Dict[str, Tuple[Optional[
             chosen = [chosen[p] for p in kept]
         rows = {k: v[kept] for k, v in extras.items()} if extras else None
         workers = cfg.num_workers
-        return _OneLineErrors(DataLoader(SeededItems(dataset, chosen, rows), batch_size=batch_size, sampler=SeededOrder(len(chosen), shuffle),
+        shard = shard and distributed.world_size() > 1  # under DDP: this process's share of each batch
+        batch_size = distributed.local_batch(batch_size) if shard else batch_size
+        return _OneLineErrors(DataLoader(SeededItems(dataset, chosen, rows), batch_size=batch_size,
+                                         sampler=SeededOrder(len(chosen), shuffle, shard),
                           num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
                           prefetch_factor=cfg.prefetch_factor if workers > 0 else None, generator=torch.Generator()))
 
     return DataBundle(name=cfg.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                      sizes={k: len(v) for k, v in indices.items()}, make_loader=make_loader, in_memory=False, fingerprint=fingerprint,
+                      sizes={k: len(v) for k, v in indices.items()}, make_loader=make_loader, in_memory=False,
+                      fingerprint=fingerprint,
                       split_labels=lambda split: torch.tensor(_labels(datasets[split][1], indices[split].tolist()),
                                                               dtype=torch.long))
 

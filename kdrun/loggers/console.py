@@ -105,9 +105,7 @@ def run_header(cfg, run_dir: Path, device) -> list[str]:
              f"device: {device}",
              f"{models} ({student_epochs(cfg)} epochs), kd={kd}, T={cfg.T}, alpha={cfg.alpha}, "
              f"scheme={cfg.scheme.name}, dataset={cfg.dataset.name}, seed={cfg.seed}"]
-    if cfg.resume:
-        lines.append("resume=true: continuing from the last completed epoch in the run directory")
-    return lines
+    return lines  # the resume point, if any, is logged by the engine ("resuming after epoch k")
 
 
 def teacher_line(info: Optional[dict]) -> str:

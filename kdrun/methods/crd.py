@@ -83,6 +83,11 @@ class CRD(KDMethod):
 
     def prepare(self, teacher: nn.Module, data, device: torch.device, seed: int) -> None:
         """Sizes the banks to the training split, with RepDistiller's uniform start, and reads its labels."""
+        from kdrun import distributed
+
+        if distributed.world_size() > 1:  # each process would update its own banks' rows, DDP keeps rank 0's
+            raise KdrunError(f"kd.{self.name} keeps memory banks that several processes (torchrun, SLURM) do not "
+                             "share yet: run it on one device (or choose another method)")
         n = data.sizes["train"]
         reseed(seed, f"{self.name}.memory")
         stdv = 1.0 / math.sqrt(self.feat_dim / 3)

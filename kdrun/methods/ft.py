@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from kdrun import distributed
 from kdrun.engine import reseed
 from kdrun.features import FeatureTap
 from kdrun.losses.feature import factor_transfer, paraphraser_reconstruction
@@ -75,12 +76,13 @@ class FT(KDMethod):
         self.paraphraser.requires_grad_(True).train()
         optimizer = torch.optim.SGD(self.paraphraser.parameters(), lr=self.paraphraser_lr, momentum=0.9)
         tap = FeatureTap(teacher, self.teacher_layers, "teacher")
+        paraphraser = distributed.wrap(self.paraphraser)  # under DDP each process reconstructs its shard
         for _ in range(self.paraphraser_epochs):
             for x, _y in data.loader("train", 128, shuffle=True):
                 with torch.no_grad(), tap:
                     teacher(x.to(device))
                 feat = tap.outputs[self.teacher_layers[0]]
-                loss = paraphraser_reconstruction(self.paraphraser(feat), feat)
+                loss = paraphraser_reconstruction(paraphraser(feat), feat)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
