@@ -73,7 +73,8 @@ def ddp_run(tmp_path_factory):
 
 def test_a_two_process_run_writes_the_layout_of_one_process_once(ddp_run):
     home, run_dir, out, err = ddp_run
-    files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file() and ".kdrun" not in p.parts)
+    assert (run_dir / ".kdrun" / "run.json").is_file()  # kdrun's own record of the run: claimed once, by rank 0
     assert files == [".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "checkpoints/student_best.pt",
                      "checkpoints/student_last.pt", "checkpoints/teacher.json", "kdrun.log", "metrics.jsonl",
                      "summary.json"]
@@ -186,10 +187,8 @@ def test_a_failure_on_one_process_of_an_srun_launch_ends_them_all_with_its_line(
         assert code != 0 and "Traceback" not in err, err
         assert last.startswith("kdrun: error: ") and "student layer 'fc9' is not a module path" in last, err
     assert "process 1: " in results[0][2]  # rank 0 names the process that failed
-    # Before that, the two trained the teacher together, and evaluated it exactly on their shards.
-    (meta,) = (tmp_path / "teachers").glob("*/meta.json")
-    assert json.loads(meta.read_text())["report"]["test_images"] == 5
-    assert [r["model"] for r in lines(tmp_path / "run")] == ["teacher"]
+    # The layer paths are checked on the untrained models, before the teacher trains: none was.
+    assert not list((tmp_path / "teachers").glob("*/meta.json"))
 
 
 @pytest.mark.slow
