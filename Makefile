@@ -20,10 +20,10 @@ help: ## Show this help
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,sweep,timm,tensorboard,mlflow,wandb]'
+	$(PY) -m pip install --quiet -e '.[dev,sweep,timm,tensorboard,mlflow,wandb,export]'
 	touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install kdrun, its dependencies, the sweep plugins and the trackers (pyproject.toml)
+install: $(STAMP) ## Create .venv and install kdrun, its dependencies, the sweep plugins, the trackers and the export tools (pyproject.toml)
 
 # One worker per core, each with one math thread: the tests are mostly Python and small tensors,
 # so two single-threaded workers finish about 1.7x sooner than one two-threaded run on 2 cores.

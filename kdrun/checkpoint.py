@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -11,6 +12,8 @@ import torch
 from torch import nn
 
 from kdrun import KdrunError, distributed
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(obj: Any, path: Path) -> None:
@@ -78,8 +81,11 @@ def weights_record(model: nn.Module, arch: str, num_classes: int, in_channels: i
     return {"arch": arch, "num_classes": num_classes, "in_channels": in_channels, "model": model.state_dict(), **extra}
 
 
-def load_weights(model: nn.Module, path: Path, setting: str, arch: str, num_classes: int, in_channels: int) -> dict:
-    """Loads a kdrun weights file (or a bare state_dict) into `model`, with a clear error on a mismatch."""
+def load_weights(model: nn.Module, path: Path, setting: str, arch: str, num_classes: int, in_channels: int,
+                 **meta: Any) -> dict:
+    """Loads a kdrun weights file (or a bare state_dict) into `model`, with a clear error on a mismatch.
+    `meta` is the rest of kdrun.models.model_meta(): the file's recorded input size and normalisation
+    are compared with it (a warning: the weights fit, but were trained on differently fed images)."""
     obj = load_checkpoint(path, setting)
     record = obj if isinstance(obj, dict) and "model" in obj else {"model": obj}
     expected = {"arch": arch, "num_classes": num_classes, "in_channels": in_channels}
@@ -90,6 +96,10 @@ def load_weights(model: nn.Module, path: Path, setting: str, arch: str, num_clas
                 f"{arch} with {num_classes} classes and {in_channels} input channel(s): pick the matching "
                 "model/dataset or another checkpoint"
             )
+    for key in ("image_size", "mean", "std"):
+        if record.get(key) is not None and meta.get(key) is not None and record[key] != meta[key]:
+            log.warning("%s=%s: its model was trained with %s=%s, this run feeds it %s=%s", setting, path, key,
+                        record[key], key, meta[key])
     try:
         model.load_state_dict(record["model"])
     except (RuntimeError, TypeError, AttributeError) as e:

@@ -214,6 +214,7 @@ def _run_config_class():
         "cuda_graphs": str,
         "sync_bn": bool,
         "dist_timeout_s": float,
+        "deploy_report": bool,
     }
     defaults = {
         "teacher": field(default_factory=TeacherConfig),
@@ -241,6 +242,8 @@ def _run_config_class():
         "cuda_graphs": "auto",
         "sync_bn": False,  # under torchrun/SLURM: BatchNorm statistics over the global batch (SyncBatchNorm)
         "dist_timeout_s": 1800.0,  # under torchrun/SLURM: how long a process waits for the others
+        # Parameters, weight bytes, multiply-adds, CPU latency and throughput of every model (kdrun/deploy.py)
+        "deploy_report": True,
     }
     cls = type("RunConfig", (), {"__annotations__": annotations, **defaults})
     return dataclass(init=False, repr=False, eq=False)(cls)
@@ -314,8 +317,13 @@ def check(cfg: DictConfig) -> None:
     lam = cfg["lambda"]
     if lam is not None and not 0 <= lam <= 1:
         _fail("lambda", lam, "the weight of the hard-label term must be in [0, 1] (or null for 1 - alpha)")
-    if cfg.epochs is not None and cfg.epochs < 1:
-        _fail("epochs", cfg.epochs, "must be at least 1 (or null for student.epochs)")
+    if cfg.epochs is not None and cfg.epochs < 0:
+        _fail("epochs", cfg.epochs, "must be at least 1, 0 to train no student (or null for student.epochs)")
+    if cfg.epochs == 0 and cfg.scheme.name != "offline":
+        # The other schemes train their teachers with the student's epochs too: nothing would train.
+        _fail("epochs", 0, f"scheme={cfg.scheme.name} trains every model with the student's epochs, so nothing "
+              "would train: give epochs >= 1, or use scheme=offline (epochs=0 there reports the teacher and the "
+              "untrained student)")
     if cfg.amp not in ("auto", "off", "bf16", "fp16"):
         _fail("amp", cfg.amp, "choose auto, off, bf16 or fp16")
     if cfg.channels_last not in ("auto", "on", "off"):

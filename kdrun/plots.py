@@ -162,3 +162,67 @@ def learning_curve(path: Path, records: list[dict], title: str) -> None:
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=80)
+
+
+def tradeoff(path: Path, rows: list[dict], title: str) -> None:
+    """What a user picks a student from: test accuracy against the cost of a model, multiply-adds per
+    image (left) and CPU latency at batch 1 (right), one point per job (its name beside it); the
+    jobs' teachers are stars and the students trained from scratch (kd=none) triangles. The cost
+    axes are logarithmic when the models' costs span more than 10x."""
+    done = [r for r in rows if r["status"] == "ok" and r.get("student_macs") and r.get("student_test_acc") is not None]
+    fig = _figure(11, 4.5)
+    for ax, (cost, label) in zip(fig.subplots(1, 2), (("macs", "multiply-adds per image"),
+                                                      ("cpu_latency_ms", "CPU latency, batch 1 (ms)"))):
+        kinds = (("distilled student", [r for r in done if not r.get("is_scratch")], "o", "tab:blue"),
+                 ("student from scratch (kd=none)", [r for r in done if r.get("is_scratch")], "^", "tab:orange"))
+        for name, points, marker, color in kinds:
+            points = [r for r in points if r.get(f"student_{cost}")]
+            if points:
+                ax.scatter([r[f"student_{cost}"] for r in points], [100 * r["student_test_acc"] for r in points],
+                           marker=marker, color=color, s=50, label=name)
+                names: dict = {}  # jobs at the same point share one label
+                for r in points:
+                    names.setdefault((r[f"student_{cost}"], 100 * r["student_test_acc"]), []).append(r["job"])
+                for xy, jobs in names.items():
+                    ax.annotate(", ".join(jobs), xy, textcoords="offset points", xytext=(4, 4), fontsize=7)
+        teachers = {(r[f"teacher_{cost}"], r["teacher_test_acc"]) for r in done
+                    if r.get(f"teacher_{cost}") and r.get("teacher_test_acc") is not None}
+        if teachers:
+            ax.scatter([t[0] for t in teachers], [100 * t[1] for t in teachers], marker="*", s=160, color="tab:gray",
+                       label="teacher")
+        xs = [x for c in ax.collections for x, _ in c.get_offsets()]
+        if xs and max(xs) > 10 * min(xs):  # models of very different sizes; else plain ticks read better
+            ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3, which="both")
+        if ax.collections:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=100)
+
+
+def confusion_matrix(path: Path, matrix: list, classes: list, title: str) -> None:
+    """Counts of (true class, predicted class), rows normalised to the share of each true class; the
+    counts are written in the cells when there are few enough classes to read them."""
+    n = len(classes)
+    totals = [max(1, sum(row)) for row in matrix]
+    shares = [[count / total for count in row] for row, total in zip(matrix, totals)]
+    side = min(14.0, 2.5 + 0.45 * n)
+    fig = _figure(side + 1.2, side)
+    ax = fig.subplots()
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="share of the true class")
+    if n <= 20:
+        for i, row in enumerate(matrix):
+            for j, count in enumerate(row):
+                if count:
+                    ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                            color="white" if shares[i][j] > 0.5 else "black")
+    if n <= 40:
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
+        ax.set_yticks(range(n), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.savefig(path, dpi=100)

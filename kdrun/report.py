@@ -23,7 +23,7 @@ from kdrun.sweep import (aggregate_seeds, format_value, is_grid, rank, read_jobs
 log = logging.getLogger(__name__)
 
 # Written only when they apply: removed first, so that a rebuilt report never keeps a stale one.
-OPTIONAL_FILES = ("summary_seeds.csv", "heatmap.png", "scatter.png", "lineplot.png")
+OPTIONAL_FILES = ("summary_seeds.csv", "heatmap.png", "scatter.png", "lineplot.png", "tradeoff.png")
 
 
 def _console() -> Console:
@@ -50,16 +50,71 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
                         f"scheme={summary['scheme']}")
     rows = summary_rows(summary)
     top5 = any("test_acc5" in info for info in rows.values())
+    deployed = any("deploy" in info for info in rows.values())
     for column in ("model", "arch", "params", "test acc", *(("top-5",) if top5 else ()), "errors", "val epoch",
-                   "source"):
+                   "source", *(DEPLOY_COLUMNS if deployed else ())):
         table.add_column(column, justify="left" if column in ("model", "arch", "source") else "right")
     for role, info in rows.items():
         acc5 = (f"{100 * info['test_acc5']:.2f}%" if "test_acc5" in info else "-",) if top5 else ()
         table.add_row(role, info["arch"], f"{info['params']:,}", f"{100 * info['test_acc']:.2f}%", *acc5,
                       f"{info['test_errors']}/{info['test_images']}", str(info.get("best_val_epoch") or "-"),
-                      info.get("source", "trained"))
+                      info.get("source", "trained"), *(deploy_cells(info) if deployed else ()))
     console.print(table)
+    line = compression_line(summary.get("compression"))
+    if line:
+        console.print(line, highlight=False)
     console.print(f"run directory: {summary['run_dir']}  ({summary['wall_time_s']:.1f} s on {summary['device']})")
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployment report as a person reads it (kdrun/deploy.py measures it)
+# ---------------------------------------------------------------------------------------------
+
+def human(n: Optional[float], unit: str = "") -> str:
+    """1234567 -> '1.23 M'; bytes with unit='B' -> '1.23 MB'."""
+    if n is None:
+        return "-"
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g} {prefix}{unit}"
+    return f"{n:.3g} {unit}".rstrip()
+
+
+DEPLOY_COLUMNS = ("weights", "mult-adds", "CPU ms (batch 1)", "images/s (batch 64)")
+
+
+def deploy_cells(entry: dict) -> list:
+    """The deployment columns (DEPLOY_COLUMNS) of one model's summary entry ('-' without a report)."""
+    d = entry.get("deploy")
+    if not d:
+        return ["-"] * len(DEPLOY_COLUMNS)
+    return [human(d["weights_bytes"], "B"), human(d["macs"]), f"{d['cpu_latency_ms']:.3g}", f"{d['throughput']:,.0f}"]
+
+
+def compression_line(c: Optional[dict]) -> Optional[str]:
+    """The student against the teacher, in one sentence."""
+    if not c:
+        return None
+    parts = [f"{c['params']:.3g}x fewer parameters" if c.get("params") else None,
+             f"{c['macs']:.3g}x fewer mult-adds" if c.get("macs") else None,
+             f"{c['cpu_latency']:.3g}x faster on the CPU (batch 1)" if c.get("cpu_latency") else None,
+             f"{c['throughput']:.3g}x the throughput (batch 64)" if c.get("throughput") else None]
+    text = "student vs teacher: " + ", ".join(p for p in parts if p)
+    if c.get("test_acc_delta") is not None:
+        text += f"; test accuracy {100 * c['test_acc_delta']:+.2f} points"
+    return text
+
+
+def deploy_markdown(entries: dict) -> str:
+    """A Markdown table of the models' deployment figures, {row label: summary entry}."""
+    lines = ["| model | parameters | weights | mult-adds / image | CPU latency, batch 1 | throughput, batch 64 "
+             "| test errors |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, entry in entries.items():
+        d = entry.get("deploy") or {}
+        lines.append(f"| {label} | {entry['params']:,} | {human(d.get('weights_bytes'), 'B')} | {human(d.get('macs'))} "
+                     f"| {d.get('cpu_latency_ms', float('nan')):.3g} ms | {d.get('throughput', float('nan')):,.0f} "
+                     f"images/s ({d.get('throughput_device', '-')}) | {entry['test_errors']} |")
+    return "\n".join(lines) + "\n"
 
 
 def print_layers(rows: list[dict], teacher: dict | None, console: Console | None = None) -> None:
@@ -128,7 +183,8 @@ def print_sweep(groups: list[dict], keys: list[str], by_seed: bool, has_scratch:
 def write_report(paths: list[Path], out_dir: Path, console: Optional[Console] = None) -> dict:
     """Reads every run directory under `paths` and writes into `out_dir`: summary.csv (one row per job),
     summary.md (best first), summary_seeds.csv (when seeds were swept), heatmap.png (two keys crossed),
-    scatter.png (two keys sampled) or lineplot.png (one key), and curves/<job>.png; prints the table.
+    scatter.png (two keys sampled) or lineplot.png (one key), tradeoff.png (accuracy against cost, when
+    the runs have a deployment report) and curves/<job>.png; prints the table.
     Returns the counts of jobs by status and the files written."""
     from kdrun import plots
 
@@ -175,6 +231,9 @@ def write_report(paths: list[Path], out_dir: Path, console: Optional[Console] = 
     elif len(axes) == 1:
         plots.line_plot(out_dir / "lineplot.png", axes[0], plotted, f"{setting}\naccuracy{over}")
         written.append("lineplot.png")
+    if any(r["status"] == "ok" and r.get("student_macs") for r in summary.rows):
+        plots.tradeoff(out_dir / "tradeoff.png", summary.rows, "accuracy against cost: one point per job")
+        written.append("tradeoff.png")
     curves = 0
     for job in jobs:
         records = read_lines(job.path / "metrics.jsonl")

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig
 
 import kdrun
-from kdrun import KdrunError, baseline, distributed, rundir
+from kdrun import KdrunError, baseline, deploy, distributed, rundir
 from kdrun.checkpoint import write_json_atomic
 from kdrun.config import ce_weight, check, check_data, check_overrides
 from kdrun.data import build_data
@@ -158,6 +158,7 @@ def _run(cfg: DictConfig, run_dir: Path, digest: str, device: torch.device) -> d
                          metrics=MetricsLog(run_dir / "metrics.jsonl", trackers), config_digest=digest,
                          should_stop=should_stop)
         models = get_scheme(cfg.scheme.name)(ctx)
+    modules = models.pop("modules", {})  # the trained models themselves, for the deployment report
     if cfg.dry_run:
         from kdrun.report import print_layers
 
@@ -165,6 +166,13 @@ def _run(cfg: DictConfig, run_dir: Path, digest: str, device: torch.device) -> d
             print_layers(models["layers"], models.get("teacher"))
         return {"status": "dry_run", **models}
 
+    if cfg.deploy_report and distributed.is_main():  # under DDP, rank 0 measures for the summary it writes
+        measuring = time.time()
+        deploy.report(models, modules, (data.in_channels, data.image_size, data.image_size), device)
+        models["compression"] = deploy.compression(models.get("teacher"), models.get("student"))
+        log.info("deployment report: %d model(s) measured in %.1f s", len({id(m) for m in modules.values()}),
+                 time.time() - measuring)
+    del modules
     summary = {
         "status": "ok",
         **models,

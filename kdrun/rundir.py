@@ -170,12 +170,12 @@ def opened(run_dir: Path, resume: bool, dry_run: bool, digest: str, overrides: l
 
 
 def config_digest(cfg: DictConfig) -> str:
-    """Identifies what a run computes (everything but `resume`, `progress`, `dry_run`, the trackers
-    and where the data lives): what a resume is checked against."""
+    """Identifies what a run computes (everything but `resume`, `progress`, `dry_run`, the trackers,
+    where the data lives and whether the deployment report is measured): what a resume is checked against."""
     from kdrun.config import plain
 
     node = plain(cfg)
-    for key in ("resume", "progress", "data_dir", "dry_run", "logger", "dist_timeout_s"):
+    for key in ("resume", "progress", "data_dir", "dry_run", "logger", "dist_timeout_s", "deploy_report"):
         node.pop(key, None)
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

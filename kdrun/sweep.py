@@ -20,8 +20,8 @@ from kdrun import KdrunError
 
 # Overrides that change how a run is carried out or recorded, not what it computes. They are not
 # columns, so a sweep continued with `resume=true` has the same rows (and seed groups) as before.
-# Nor are the trackers' settings (`logger=...`, `logger.mlflow.*`).
-BOOKKEEPING = frozenset({"resume", "progress", "data_dir", "teacher_cache"})
+# Nor are the trackers' settings (`logger=...`, `logger.mlflow.*`), nor `deploy_report` (it measures, changes nothing).
+BOOKKEEPING = frozenset({"resume", "progress", "data_dir", "teacher_cache", "deploy_report"})
 # What a student trained without a teacher cannot depend on: a kd=none job's values of these keys
 # are left out of its group (kdrun.baseline trains one baseline for all of them).
 BASELINE_IGNORES = frozenset({"T", "alpha", "teacher"})
@@ -32,6 +32,10 @@ NOT_BASELINE = BASELINE_IGNORES | {"kd", "lambda", "seed"}
 
 METRICS = ("teacher_test_acc", "student_test_acc", "student_val_acc")
 TOP5 = ("teacher_test_acc5", "student_test_acc5")  # columns of their own when a job reports top-5 (>10 classes)
+# From each model's deployment report (summary.json's `deploy`, kdrun/deploy.py): column -> (model, key).
+DEPLOY = {"student_params": ("student", "params"), "student_macs": ("student", "macs"),
+          "student_cpu_latency_ms": ("student", "cpu_latency_ms"), "student_throughput": ("student", "throughput"),
+          "teacher_macs": ("teacher", "macs"), "teacher_cpu_latency_ms": ("teacher", "cpu_latency_ms")}
 RANK_BY = ("student_val_acc", "student_test_acc")  # validation first: never select on the test set
 DIGITS = 6  # means, stds and gains: enough for a 1e6-image test set, without float noise
 
@@ -237,6 +241,7 @@ class Summary:
     rows: list
     has_scratch: bool  # the sweep has a kd=none job: rows carry scratch_test_acc and gain
     has_top5: bool = False  # a job reports top-5 accuracy: rows carry teacher/student_test_acc5
+    has_deploy: bool = False  # a job has a deployment report: rows carry the DEPLOY columns
 
     @property
     def metrics(self) -> tuple:
@@ -245,16 +250,18 @@ class Summary:
     @property
     def columns(self) -> list:
         return ["job", "status", *self.keys, *self.metrics, *(("scratch_test_acc", "gain") if self.has_scratch else ()),
-                "wall_time_s", "error"]
+                *(DEPLOY if self.has_deploy else ()), "wall_time_s", "error"]
 
 
 def summarise(jobs: list[Job]) -> Summary:
     """Per job: teacher and student test accuracy, the student's validation accuracy, the scratch
-    baseline and the gain over it (when the sweep has a kd=none job), wall time, status, error."""
+    baseline and the gain over it (when the sweep has a kd=none job), the models' deployment figures
+    (when a job has them), wall time, status, error."""
     keys = override_keys(jobs)
     baselines = scratch_baselines(jobs)
     has_scratch = any(job.is_scratch for job in jobs)
     has_top5 = any("test_acc5" in (job.summary.get(m) or {}) for job in jobs for m in ("teacher", "student"))
+    has_deploy = any("deploy" in (job.summary.get("student") or {}) for job in jobs)
     rows = []
     for job in jobs:
         s = job.summary
@@ -267,11 +274,15 @@ def summarise(jobs: list[Job]) -> Summary:
         if has_scratch:
             row["scratch_test_acc"] = baselines.get(job.name)
             row["gain"] = _diff(row["student_test_acc"], row["scratch_test_acc"])
+        if has_deploy:
+            row["is_scratch"] = job.is_scratch  # not a column: the trade-off plot marks the kd=none jobs
+            for column, (model, key) in DEPLOY.items():
+                row[column] = ((s.get(model) or {}).get("deploy") or {}).get(key)
         row["wall_time_s"] = s.get("wall_time_s")
         row["error"] = s.get("error", "")
         row["baseline"] = job.is_baseline  # not a column: it decides the job's group
         rows.append(row)
-    return Summary(keys=keys, rows=rows, has_scratch=has_scratch, has_top5=has_top5)
+    return Summary(keys=keys, rows=rows, has_scratch=has_scratch, has_top5=has_top5, has_deploy=has_deploy)
 
 
 def aggregate_seeds(summary: Summary) -> tuple[list[str], list[dict]]:
@@ -374,6 +385,10 @@ def format_value(column: str, value) -> str:
         return f"{100 * value:.2f}"
     if column == "wall_time_s":
         return f"{value:.1f}"
+    if column.endswith("_ms"):
+        return f"{value:.3g}"
+    if column.endswith("_throughput"):
+        return f"{value:.0f}"
     return str(value)
 
 

@@ -56,6 +56,10 @@ def test_tiny_reproduction_writes_the_report_with_every_row(tmp_path):
                 "| distilled without 3s", "| + bias of class 3 raised by"):
         assert row in report, row
     assert "| 67 |" in report and "| 146 |" in report and "| 74 |" in report
+    # the deployment table: the 1200-1200 teacher's 2.4 M multiply-adds per image against the student's 1.28 M
+    assert "## What the compression bought" in report and "| teacher 1200-1200 | 2,395,210 | 9.58 MB | 2.39 M |" in report
+    assert "| student 800-800, distilled | 1,276,810 | 5.11 MB | 1.28 M |" in report
+    assert "student vs teacher: 1.88x fewer parameters, 1.88x fewer mult-adds" in report
     assert (tmp_path / "out" / "errors.png").stat().st_size > 1000
     distilled = json.loads((tmp_path / "out" / "distilled" / "summary.json").read_text())
     assert distilled["T"] == 20 and distilled["teacher_logits"] == "cached"

@@ -42,7 +42,7 @@ def failed_sweep(tmp_path_factory):
     """dataset.num_train=300,600 x dataset.val_split=0.1,400: only (300, 400) cannot hold out 400 images."""
     tmp = tmp_path_factory.mktemp("failed_sweep")
     sweep = tmp / "sweep"
-    proc = kdrun_cli("-m", *FAKE, "dataset.num_train=300,600", "dataset.val_split=0.1,400",
+    proc = kdrun_cli("-m", *FAKE, "deploy_report=true", "dataset.num_train=300,600", "dataset.val_split=0.1,400",
                      f"hydra.sweep.dir={sweep}", f"teacher_cache={tmp / 'teachers'}", cwd=tmp)
     return sweep, proc
 
@@ -65,6 +65,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_runs_on(failed_sweep):
         assert _is_png(sweep / "curves" / f"{job}.png")
     assert not (sweep / "curves" / "1.png").exists()  # it never trained
     assert _is_png(sweep / "heatmap.png")  # two keys swept: num_train x val_split
+    assert _is_png(sweep / "tradeoff.png") and rows["0"]["student_macs"] == rows["2"]["student_macs"] != ""
     # summary.md: best (validation accuracy) first, the failed job last
     md_jobs = [line.split("|")[1].strip() for line in (sweep / "summary.md").read_text().splitlines()
                if line.startswith("| ") and not line.startswith("| job")]

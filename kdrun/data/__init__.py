@@ -9,7 +9,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -36,6 +36,9 @@ class DataBundle:
     in_memory: bool = True  # held as tensors on the device (else read from files by a DataLoader)
     split_labels: Optional[Callable[[str], torch.Tensor]] = field(default=None, repr=False)  # fast path of labels()
     fingerprint: str = ""  # what the data is (not where it lives): part of the teacher cache's key
+    # Recorded in every checkpoint, so that a model can be fed and its outputs named after the run:
+    classes: Optional[List[str]] = None  # the class names, in label order
+    config: Dict[str, Any] = field(default_factory=dict)  # the dataset config it was built from (build_data)
 
     def loader(self, split: str, batch_size: int, shuffle: bool = False, augment: bool = False,
                extras: Optional[Dict[str, torch.Tensor]] = None, exclude: Sequence[int] = (),
@@ -103,7 +106,11 @@ def build_data(ds_cfg, data_dir: str, device: torch.device) -> DataBundle:
 
         ds_cfg = OmegaConf.merge(ds_cfg, {"val_split": 0})
     bundle = BUILDERS[ds_cfg.name](ds_cfg, resolve_root(data_dir, ds_cfg.root), device)
-    return test_as_validation(bundle) if published else bundle
+    bundle = test_as_validation(bundle) if published else bundle
+    from omegaconf import OmegaConf
+
+    bundle.config = OmegaConf.to_container(ds_cfg, resolve=True) if OmegaConf.is_config(ds_cfg) else dict(ds_cfg)
+    return bundle
 
 
 def test_as_validation(bundle: DataBundle) -> DataBundle:

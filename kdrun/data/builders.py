@@ -83,7 +83,7 @@ def _subset(n: int, limit) -> int:
     return min(n, limit) if limit else n
 
 
-def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) -> DataBundle:
+def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device, classes=None) -> DataBundle:
     """Splits, moves to the device once, and wraps the tensors in TensorLoaders."""
     if train_x.dim() == 3:  # N, H, W (MNIST) -> N, 1, H, W
         train_x, test_x = train_x.unsqueeze(1), test_x.unsqueeze(1)
@@ -123,6 +123,7 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
         make_loader=make_loader,
         fingerprint=digest,
         split_labels=lambda split: splits[split][1],
+        classes=list(classes) if classes else [str(i) for i in range(num_classes)],
     )
 
 
@@ -163,7 +164,7 @@ def _idx_dataset(cls, cfg, root: Path, device, num_classes: int) -> DataBundle:
         if len(x) != len(y):
             raise _corrupt(cfg.name, raw / f"{split}-labels-idx1-ubyte", f"{len(y)} labels for {len(x)} images")
     return _in_memory(cfg, arrays[IDX_FILES[0]], arrays[IDX_FILES[1]], arrays[IDX_FILES[2]], arrays[IDX_FILES[3]],
-                      num_classes, device)
+                      num_classes, device, cls.classes)
 
 
 @register_dataset
@@ -196,7 +197,7 @@ def _cifar(cls, cfg, root: Path, device) -> DataBundle:
     def to_tensors(ds):  # .data is N, H, W, C uint8 (numpy); .targets a list
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
 
-    return _in_memory(cfg, *to_tensors(train), *to_tensors(test), len(train.classes), device)
+    return _in_memory(cfg, *to_tensors(train), *to_tensors(test), len(train.classes), device, train.classes)
 
 
 @register_dataset
@@ -293,7 +294,9 @@ def _trees(cfg, device, tree, test_tree, pool, test_idx, augmented, plain, size:
 
     datasets = {"train": (with_transform(tree, augmented), with_transform(tree, plain)),
                 "val": (None, with_transform(tree, plain)), "test": (None, with_transform(test_tree, plain))}
-    return loader_bundle(cfg, device, datasets, indices, len(tree.classes), 3, size, digest)
+    bundle = loader_bundle(cfg, device, datasets, indices, len(tree.classes), 3, size, digest)
+    bundle.classes = list(tree.classes)
+    return bundle
 
 
 @register_dataset
@@ -352,7 +355,9 @@ def custom(cfg, root: Path, device) -> DataBundle:
     datasets = {"train": (train, train), "val": (None, val), "test": (None, test)}
     digest = fingerprint([repr((type(train).__name__, len(train), type(test).__name__, len(test))).encode(),
                           *indices.values()])
-    return loader_bundle(cfg, device, datasets, indices, num_classes, x.shape[0], x.shape[-1], digest)
+    bundle = loader_bundle(cfg, device, datasets, indices, num_classes, x.shape[0], x.shape[-1], digest)
+    bundle.classes = [str(c) for c in train.classes] if hasattr(train, "classes") else None
+    return bundle
 
 
 def _load_image(path: str):

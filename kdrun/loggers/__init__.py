@@ -118,10 +118,13 @@ def flat_params(cfg) -> Dict[str, Any]:
 
 
 def summary_metrics(summary: dict) -> Dict[str, float]:
-    """summary.json's numbers, one metric each: `<model>/test_acc`, `<model>/best_val_acc`, ... and wall_time_s."""
+    """summary.json's numbers, one metric each: `<model>/test_acc`, `<model>/best_val_acc`, ...,
+    `<model>/deploy/macs`, ... (the deployment report) and wall_time_s."""
     from kdrun.report import summary_rows
 
     out = {f"{model}/{k}": v for model, info in summary_rows(summary).items() for k, v in numbers(info).items()}
+    out.update({f"{model}/deploy/{k}": v for model, info in summary_rows(summary).items()
+                for k, v in numbers(info.get("deploy") or {}).items()})  # kdrun/deploy.py's figures
     out["wall_time_s"] = float(summary["wall_time_s"])
     return {k: v for k, v in out.items() if math.isfinite(v)}
 

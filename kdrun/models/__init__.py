@@ -127,9 +127,36 @@ def weights_identity(node) -> str | None:
     return f"{weights} ({weights_file(weights).name})"
 
 
+# Bump when model_meta() records something new: load_model() says what an older file lacks.
+META_FORMAT = 2
+
+
 def model_meta(node, data) -> dict:
-    """What a weights file must match to be loaded into the model of `node` on `data`."""
-    return {"arch": node.name, "num_classes": data.num_classes, "in_channels": data.in_channels}
+    """What every weights file records beside the weights: what it must match to be loaded
+    (arch, num_classes, in_channels: kdrun.checkpoint.load_weights checks them), and what rebuilds
+    and feeds the model without the run's config (kdrun.export.load_model): where the model comes
+    from (`library`: timm; `target`: your own factory) and the factory's kwargs, the input size and
+    normalisation, min_input_size, the class names, whether the first convolution of a torchvision
+    model was rebuilt for the data's channels, and the dataset. (Published weights a model started
+    from are not needed to rebuild it: the file holds its weights.)"""
+    from omegaconf import OmegaConf
+
+    kwargs = OmegaConf.to_container(node.kwargs, resolve=True) if OmegaConf.is_config(node.kwargs) else dict(node.kwargs)
+    library, target = node.get("library"), node.get("target")
+    return {"arch": node.name, "num_classes": data.num_classes, "in_channels": data.in_channels,
+            "meta_format": META_FORMAT, "library": library, "target": target, "kwargs": kwargs,
+            "image_size": data.image_size,
+            "min_input_size": node.min_input_size, "mean": list(data.config.get("mean", [])),
+            "std": list(data.config.get("std", [])), "classes": data.classes,
+            "first_conv_rebuilt": rebuilds_first_conv(node.name, data.in_channels, library, target),
+            "dataset": data.config}
+
+
+def rebuilds_first_conv(name: str, in_channels: int, library: str | None = None, target: str | None = None) -> bool:
+    """Whether build_model() swaps the first Conv2d of a stock torchvision model for one that takes
+    `in_channels` (kdrun.models.tv): its weights then load only into a model adapted the same way.
+    (timm builds its models for any channel count itself; kdrun's and your own are built for them.)"""
+    return target is None and library is None and name not in _REGISTRY and in_channels != 3
 
 
 from kdrun.models import cifar, lenet, mlp  # noqa: E402,F401  (registers the zoo)

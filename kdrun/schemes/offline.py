@@ -75,6 +75,12 @@ def distill(ctx: RunContext, methods: dict, teacher, teacher_info, role: str = "
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if teacher_info and role == "student":
         write_json_atomic(ckpt_dir / "teacher.json", teacher_info)  # where the teacher came from
+    if student_epochs(cfg) == 0:  # epochs=0: the teacher's report, and the student architecture's cost
+        published = pretrained_of(student)
+        student_info = {"arch": cfg.student.name, **({"weights": published["weights"]} if published else {}),
+                        "source": f"{'pretrained' if published else 'untrained'} (epochs=0)",
+                        **test_report(student, data, device)}
+        return {"teacher": teacher_info, "student": student_info, "modules": _modules(teacher, teacher_info, student)}
 
     common = dict(device=device, ckpt_dir=ckpt_dir, metrics=ctx.metrics, seed=cfg.seed, resume=cfg.resume,
                   config_digest=ctx.config_digest, meta=meta, progress=cfg.progress, should_stop=ctx.should_stop)
@@ -94,7 +100,16 @@ def distill(ctx: RunContext, methods: dict, teacher, teacher_info, role: str = "
     student_info = {"arch": cfg.student.name, **({"weights": published["weights"]} if published else {}),
                     **test_report(student, data, device, result.best_epoch, result.best_val_acc)}
     return {"teacher": teacher_info, "student": student_info,
-            "teacher_logits": None if teacher is None else ("cached" if extras else "live")}
+            "teacher_logits": None if teacher is None else ("cached" if extras else "live"),
+            "modules": _modules(teacher, teacher_info, student)}
+
+
+def _modules(teacher, teacher_info, student) -> dict:
+    """The models behind the summary's entries, by name, for run()'s deployment report."""
+    modules = {"teacher": teacher, "student": student}
+    if isinstance(teacher, Ensemble):
+        modules.update({f"teacher.{name}": m for name, m in zip(teacher_info["members"], teacher.members.values())})
+    return {name: m for name, m in modules.items() if m is not None}
 
 
 def _cached_logits(cfg, methods, data, teacher, teacher_info, device):

@@ -69,9 +69,10 @@ def run(ctx: RunContext) -> dict:
                   members={name: (peer, model_meta(nodes[name], data)) for name, peer in peers.items()})
     models = best_reports(peers, results, {name: node.name for name, node in nodes.items()}, data, device)
     if cfg.scheme.peers is None:
-        return {"teacher": {**models["teacher"], "source": "online"}, "student": models["student"], "models": models}
+        return {"teacher": {**models["teacher"], "source": "online"}, "student": models["student"], "models": models,
+                "modules": peers}
     # The headline student is the peer that validates best (the test set selects nothing).
     best = max(models, key=lambda n: (models[n]["best_val_acc"] or 0.0, -list(models).index(n)))
     mean = sum(m["test_acc"] for m in models.values()) / len(models)
     return {"teacher": None, "student": {**models[best], "peer": best}, "models": models,
-            "peers_mean_test_acc": mean}
+            "peers_mean_test_acc": mean, "modules": {**peers, "student": peers[best]}}

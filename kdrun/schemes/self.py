@@ -44,4 +44,5 @@ def run(ctx: RunContext) -> dict:
     last = f"gen{cfg.scheme.generations}"
     return {"teacher": {**generations["gen0"], "source": "gen0"}, "student": generations[last],
             "models": generations,
-            "ensemble": {"arch": f"ensemble of gen0..{last}", **test_report(ensemble, data, device)}}
+            "ensemble": {"arch": f"ensemble of gen0..{last}", **test_report(ensemble, data, device)},
+            "modules": {**members, "teacher": members["gen0"], "student": members[last], "ensemble": ensemble}}

@@ -148,4 +148,5 @@ def run(ctx: RunContext) -> dict:
     models.update(best_reports(views, results, archs, data, device))
     for name, path in zip(views, heads):
         models[name]["layer"] = path
-    return {"teacher": None, "student": models["student"], "models": models}
+    return {"teacher": None, "student": models["student"], "models": models,
+            "modules": {"student": student, **views}}
