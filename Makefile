@@ -68,7 +68,7 @@ reproduce-cifar100-smoke: $(STAMP) ## The same plumbing, one epoch per job on CI
 	  $(if $(filter-out all,$(PAIRS)),--pairs $(PAIRS)) \
 	  -- data_dir=$(abspath $(SMOKE_DIR))/data teacher_cache=$(abspath $(SMOKE_DIR))/teachers $(KDRUN_ARGS)
 
-bench: $(STAMP) ## Images/s of the default MNIST experiment: student alone, live teacher, cached logits, DataLoader
+bench: $(STAMP) ## Images/s: MNIST MLP (student alone, live teacher, cached logits, DataLoader), a CNN pair, DDP; against a bare loop
 	$(PY) -m kdrun.bench
 
 clean: ## Remove caches (keeps .venv and outputs/)

@@ -45,11 +45,12 @@ def accumulate(out: Dict[str, torch.Tensor], y: torch.Tensor, sums: dict, correc
     device (no host sync). A trainer of several models (online peers, early-exit heads) prefixes each
     model's keys with its name ("peer1/loss_ce", "peer1/logits"); a plain Distiller's keys have none."""
     n = len(y)
+    losses = [key for key in out if key.rpartition("/")[2].startswith("loss")]
+    # All of a step's losses in two kernels (foreach), whatever their number: the same sums as one by one.
+    torch._foreach_add_([sums[key] for key in losses], torch._foreach_mul([out[key].detach() for key in losses], n))
     for key, value in out.items():
         prefix, _, term = key.rpartition("/")
-        if term.startswith("loss"):
-            sums[key].add_(value.detach() * n)
-        elif term == "logits":
+        if term == "logits":
             correct[prefix].add_((value.detach().argmax(1) == y).sum())
             if reports_top5(value):
                 correct5[prefix].add_(topk_correct(value.detach(), y))
@@ -71,7 +72,6 @@ class TrainStep:
         self.correct5: dict = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.long))
         self.seen = 0
         self.graph: Optional[torch.cuda.CUDAGraph] = None
-        self.pool = None
         self.static: dict = {}
         self.static_out: Dict[str, torch.Tensor] = {}
         self.warm = 0  # eager warm-up steps done before the next capture
@@ -94,7 +94,7 @@ class TrainStep:
             self.batch_size = len(y)
         if not self.graphs or self.failed or len(y) != self.batch_size or self.update.lr_at is not None:
             return self._eager(x, y, extras)
-        if self.graph is not None and self._hyperparameters() != self.captured_with:
+        if self.graph is not None and self._learning_rates() != self.captured_with:
             self.graph, self.static_out, self.warm = None, {}, 0  # the update baked into the graph is stale
         if self.graph is None:
             if self.warm < (WARMUP_STEPS if self.captures == 0 else 1):
@@ -110,7 +110,9 @@ class TrainStep:
         out = self.model(x, y, **extras)
         self.update(out["loss"])
         accumulate(out, y, self.sums, self.correct, self.correct5)
-        return out
+        # Detached: a step's autograd graph must not outlive it (a CUDA graph's capture needs the
+        # gradients' accumulation on its own stream, which a living earlier graph would pin).
+        return {k: v.detach() for k, v in out.items()}
 
     def _warm_up(self, x, y, extras):
         """An ordinary (real) training step, on a side stream, as CUDA graph capture requires."""
@@ -132,27 +134,35 @@ class TrainStep:
         """Records one whole step into a CUDA graph (nothing runs: the caller replays it)."""
         self.static = {"x": x.clone(), "y": y.clone(), **{k: v.clone() for k, v in extras.items()}}
         static_extras = {k: self.static[k] for k in extras}
-        if self.pool is None:
-            self.pool = torch.cuda.graph_pool_handle()
+        # Each graph has a memory pool of its own (reusing the pool of a released graph is an error).
+        # A failed capture leaves the random generator expecting one (every later draw would fail)
+        # and the capture's stream current: both are put back.
+        generator = torch.cuda.default_generators[self.device.index if self.device.index is not None
+                                                  else torch.cuda.current_device()]
+        before, stream = generator.clone_state(), torch.cuda.current_stream(self.device)
         graph = torch.cuda.CUDAGraph()
         self.update.optimizer.zero_grad(set_to_none=True)  # backward in the graph allocates the grads it refills
         try:
-            with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 out = self.model(self.static["x"], self.static["y"], **static_extras)
                 self.update(out["loss"])
                 accumulate(out, self.static["y"], self.sums, self.correct, self.correct5)
         except RuntimeError as e:  # an op that syncs with the host, or cannot be captured
+            # torch.cuda.graph's exit fails before it restores the stream: put back both.
+            torch.cuda.set_stream(stream)
+            generator.graphsafe_set_state(before)
             self.failed = True
             self.update.optimizer.zero_grad(set_to_none=True)
             log.warning("cuda_graphs: this training step cannot be captured as a CUDA graph (%s); training on "
                         "without graphs", " ".join(str(e).split())[:200])
             return False
-        self.graph, self.static_out, self.captures = graph, out, self.captures + 1
-        self.captured_with = self._hyperparameters()
+        self.graph, self.static_out, self.captures = graph, {k: v.detach() for k, v in out.items()}, self.captures + 1
+        self.captured_with = self._learning_rates()
         return True
 
-    def _hyperparameters(self) -> list:
-        return [{k: v for k, v in g.items() if k != "params"} for g in self.update.optimizer.param_groups]
+    def _learning_rates(self) -> list:
+        """What the captured update bakes in and kdrun changes: each group's learning rate."""
+        return [g["lr"] for g in self.update.optimizer.param_groups]
 
 
 def use_graphs(model: nn.Module, data, device: torch.device) -> bool:

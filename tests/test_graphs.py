@@ -28,9 +28,9 @@ def test_the_knob_is_off_on_the_cpu_and_on_is_refused_with_the_reason(tmp_path):
     cfg = make_cfg("dataset=fake")
     assert cfg.cuda_graphs == "auto" and cuda_graphs_setting(cfg, CPU) == "off"
     with pytest.raises(KdrunError, match=r"^cuda_graphs=on: CUDA graphs need a CUDA device \(this run is on cpu\)"):
-        run(make_cfg("dataset=fake", "cuda_graphs=on", tmp=tmp_path), tmp_path / "run")
+        run(make_cfg("dataset=fake", "cuda_graphs=on", "device=cpu", tmp=tmp_path), tmp_path / "run")
     with pytest.raises(KdrunError, match=r"^cuda_graphs=sometimes: choose auto, on or off"):
-        run(make_cfg("dataset=fake", "cuda_graphs=sometimes", tmp=tmp_path), tmp_path / "run")
+        run(make_cfg("dataset=fake", "cuda_graphs=sometimes", "device=cpu", tmp=tmp_path), tmp_path / "run")
 
 
 def _parts(device, *overrides):
@@ -95,11 +95,16 @@ def test_a_graphed_epoch_equals_an_eager_one_to_float_tolerance(overrides):
     a, wa = _epoch(eager, cfg, data, device, graphs=False)
     b, wb = _epoch(graphed, cfg, data, device, graphs=True)
     for ma, mb in zip(a, b):
-        assert ma["train/loss"] == pytest.approx(mb["train/loss"], rel=1e-4, abs=1e-5)
+        # Float tolerance: the graphed update is the same arithmetic, but capturable Adam keeps its step
+        # count on the device, which rounds its bias correction differently (seen: 1e-4 relative).
+        assert ma["train/loss"] == pytest.approx(mb["train/loss"], rel=1e-3, abs=1e-5)
         assert ma["train/acc"] == pytest.approx(mb["train/acc"], abs=2 / 270)
+    # Adam divides by the root of its second moment, which amplifies the rounding difference above: on
+    # an H200 (2026-11-26) weights after 2 epochs differed by up to 1e-3; SGD's by less than 1e-4.
+    atol = 5e-3 if cfg.student.optimizer == "adam" else 1e-4
     for k in wa:
         if wa[k].is_floating_point():
-            assert torch.allclose(wa[k], wb[k], rtol=1e-3, atol=1e-4), k
+            assert torch.allclose(wa[k], wb[k], rtol=1e-3, atol=atol), k
 
 
 @needs_cuda

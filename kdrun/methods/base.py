@@ -3,7 +3,9 @@ teacher on a batch, taps the layers the methods read, and owns the cross-entropy
 method only adds its own term (and any adapters it trains with the student)."""
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -262,5 +264,6 @@ class Distiller(MixedPrecision):
                   if self.ce_weight else {})
         for name, method in self.methods.items():
             losses[f"loss_{name}"] = method.weight * method.loss(self._batch(method, y, logits, teacher_logits, index))
-        return {"loss": sum(losses.values()), **losses, "logits": logits}
+        # a + b, not sum()'s 0 + a + b: one kernel fewer in every step (the same number).
+        return {"loss": functools.reduce(operator.add, losses.values()), **losses, "logits": logits}
 
