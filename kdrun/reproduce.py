@@ -90,6 +90,15 @@ def write_report(out: Path, summaries: dict, omit3: dict | None) -> str:
                   f"(paper: {100 * (PAPER['scratch'] - PAPER['distilled']) / PAPER['scratch']:.0f}%).",
               f"Wall time: teacher and students {sum(s['wall_time_s'] for s in summaries.values() if s) / 60:.1f} min "
               f"on {summaries['distilled']['device']}; runs in {out}/<job>/."]
+    student = summaries["distilled"]["student"]
+    if "deploy" in teacher and "deploy" in student:
+        from kdrun.report import compression_line, deploy_markdown
+
+        cpu = f"{teacher['deploy']['cpu_threads']} CPU thread(s)"
+        lines += ["", "## What the compression bought", "",
+                  deploy_markdown({"teacher 1200-1200": teacher, "student 800-800, distilled": student}).rstrip(), "",
+                  f"{compression_line(summaries['distilled']['compression'])}. Multiply-adds per image; latency: "
+                  f"median of repeated single images after warm-up on {cpu}; throughput: batch 64."]
     if omit3:
         lines += ["", "## The transfer set without any 3", "",
                   "| student | test errors here | on the 3s | in the paper | on the 3s in the paper |",

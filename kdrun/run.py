@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import platform
@@ -17,11 +16,15 @@ import torch
 from omegaconf import DictConfig
 
 import kdrun
-from kdrun import KdrunError
+from kdrun import KdrunError, baseline, deploy, distributed, rundir
 from kdrun.checkpoint import write_json_atomic
-from kdrun.config import ce_weight, check, check_overrides, plain
+from kdrun.config import ce_weight, check, check_data, check_overrides
 from kdrun.data import build_data
 from kdrun.engine import MetricsLog
+from kdrun.loggers import Trackers, open_trackers, run_info
+from kdrun.loggers.console import chance_level, run_header
+from kdrun.report import summary_rows
+from kdrun.rundir import config_digest
 from kdrun.schemes import RunContext, get_scheme
 
 log = logging.getLogger(__name__)
@@ -77,14 +80,6 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def config_digest(cfg: DictConfig) -> str:
-    """Identifies what a run computes (everything but `resume`, `progress` and where the data lives)."""
-    node = plain(cfg)
-    for key in ("resume", "progress", "data_dir", "dry_run"):
-        node.pop(key, None)
-    return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _git_commit() -> Optional[str]:
     try:
         here = Path(kdrun.__file__).parent
@@ -114,52 +109,70 @@ def _overrides() -> list:
 
 
 def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
-    """Runs one experiment into `run_dir` (Hydra's output directory by default); returns the summary."""
-    check(cfg)
+    """Runs one experiment into `run_dir` (Hydra's output directory by default); returns the summary.
+    The directory is checked before anything is written or trained in it (kdrun.rundir)."""
+    check(cfg)  # a bad value is refused before the run directory is touched
     check_overrides(cfg, _overrides())
+    # Under torchrun/SLURM: one process per device, joined here; rank 0's run directory is everyone's,
+    # and rank 0 alone claims it, checks a resume and looks for a shared baseline: the others follow.
+    device = distributed.init(pick_device(cfg.device), cfg.dist_timeout_s, cfg.sync_bn)
     if run_dir is None:
         from hydra.core.hydra_config import HydraConfig
 
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = run_dir / "summary.json"
+    run_dir = Path(distributed.from_main(str(run_dir)))
+    main = distributed.is_main()
+    if not main:
+        cfg.progress = False  # one progress bar: rank 0's
     digest = config_digest(cfg)
-    if cfg.resume and summary_path.exists():
-        previous = json.loads(summary_path.read_text())
-        if previous.get("status") == "ok":
-            # A resumed sweep numbers its jobs by position: a changed grid would silently return
-            # another combination's results. (Summaries older than the digest are trusted.)
-            if previous.get("config_digest", digest) != digest:
-                raise KdrunError(
-                    f"resume=true: {run_dir} holds a complete run of another config; resume with the same "
-                    "overrides (and the same order of sweep values) as before, or start a new run directory"
-                )
-            log.info("resume=true: %s is complete already", run_dir)
+    opened = rundir.opened(run_dir, cfg.resume, cfg.dry_run, digest, _overrides()) if main else contextlib.nullcontext()
+    with opened as previous:
+        previous = distributed.from_main(previous)
+        if previous is not None:  # a resume of a complete run
             return previous
-        log.info("resume=true: %s failed before (%s); running it again", run_dir, previous.get("error"))
+        with baseline.shared(cfg, run_dir) if main else contextlib.nullcontext() as same:
+            if distributed.from_main(same is not None):  # an equal kd=none job of the sweep finished already
+                return distributed.from_main(baseline.share(same, cfg, run_dir, _overrides(), digest) if main else None)
+            return _run(cfg, run_dir, digest, device)
+
+
+def _run(cfg: DictConfig, run_dir: Path, digest: str, device: torch.device) -> dict:
+    summary_path = run_dir / "summary.json"
     if not cfg.dry_run:
-        # Its presence means the run finished: a stale one (a failure, an earlier run) must not outlive this start.
+        # Its presence means the run finished: a stale one (a failure) must not outlive this start.
         summary_path.unlink(missing_ok=True)
-        if not cfg.resume:
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     started = time.time()
-    device = pick_device(cfg.device)
+    for line in run_header(cfg, run_dir, device):
+        log.info(line)
     torch.manual_seed(cfg.seed)
     data = build_data(cfg.dataset, cfg.data_dir, device)
+    check_data(cfg, data.num_classes)
     log.info("data: %s, %s train / %s val / %s test images, %d classes, on %s", data.name, data.sizes["train"],
              data.sizes["val"], data.sizes["test"], data.num_classes, device)
-    with stop_on_signals() as should_stop:
-        ctx = RunContext(cfg=cfg, run_dir=run_dir, device=device, data=data, metrics=MetricsLog(run_dir / "metrics.jsonl"),
-                         config_digest=digest, should_stop=should_stop)
+    # Before any training: a tracker whose package is missing stops the run here, with one line.
+    # Under DDP rank 0 alone reports to the trackers (none on the others).
+    trackers = Trackers() if cfg.dry_run or not distributed.is_main() else open_trackers(cfg, run_info(run_dir))
+    with trackers, stop_on_signals() as should_stop:
+        ctx = RunContext(cfg=cfg, run_dir=run_dir, device=device, data=data,
+                         metrics=MetricsLog(run_dir / "metrics.jsonl", trackers), config_digest=digest,
+                         should_stop=should_stop)
         models = get_scheme(cfg.scheme.name)(ctx)
+    modules = models.pop("modules", {})  # the trained models themselves, for the deployment report
     if cfg.dry_run:
         from kdrun.report import print_layers
 
-        print_layers(models["layers"], models.get("teacher"))
+        if distributed.is_main():
+            print_layers(models["layers"], models.get("teacher"))
         return {"status": "dry_run", **models}
 
+    if cfg.deploy_report and distributed.is_main():  # under DDP, rank 0 measures for the summary it writes
+        measuring = time.time()
+        deploy.report(models, modules, (data.in_channels, data.image_size, data.image_size), device)
+        models["compression"] = deploy.compression(models.get("teacher"), models.get("student"))
+        log.info("deployment report: %d model(s) measured in %.1f s", len({id(m) for m in modules.values()}),
+                 time.time() - measuring)
+    del modules
     summary = {
         "status": "ok",
         **models,
@@ -171,22 +184,37 @@ def run(cfg: DictConfig, run_dir: Optional[Path] = None) -> dict:
         "lambda": ce_weight(cfg),
         "seed": cfg.seed,
         "device": str(device),
+        "world_size": distributed.world_size(),
         "wall_time_s": round(time.time() - started, 2),
         "run_dir": str(run_dir.resolve()),
         "overrides": _overrides(),
         "config_digest": digest,
+        **({"baseline_digest": baseline.baseline_digest(cfg)} if not cfg.kd else {}),
         "versions": _versions(),
         "git_commit": _git_commit(),
     }
     write_json_atomic(summary_path, summary)
+    for name, info in summary_rows(summary).items():  # an offline teacher was checked before the student trained
+        if not (cfg.scheme.name == "offline" and name.startswith("teacher")):
+            chance_level(name, info.get("test_acc"), data.num_classes)
+    trackers.finish(summary)
     return summary
 
 
-def record_failure(run_dir: Path, error: str) -> dict:
-    """A sweep's job that raised: its summary.json says `failed` and why, so the sweep's summary
-    lists it and `resume=true` runs it again."""
+def record_failure(run_dir: Path, error: str) -> Optional[dict]:
+    """A run that raised: its summary.json says `failed` and why, so a sweep's summary (and
+    kdrun-report) lists it and `resume=true` runs it again. A complete run's summary is never
+    replaced (a resume that failed does not undo its results); a full disk only loses the record."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "summary.json"
+    with contextlib.suppress(OSError, ValueError):
+        if json.loads(path.read_text()).get("status") == "ok":
+            return None
     summary = {"status": "failed", "error": error, "run_dir": str(run_dir.resolve()), "overrides": _overrides()}
-    write_json_atomic(run_dir / "summary.json", summary)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, summary)
+    except (OSError, KdrunError) as e:
+        log.debug("could not record the failure in %s: %s", path, e)  # the error itself is the one line
+        return None
     return summary

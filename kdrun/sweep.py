@@ -20,13 +20,22 @@ from kdrun import KdrunError
 
 # Overrides that change how a run is carried out or recorded, not what it computes. They are not
 # columns, so a sweep continued with `resume=true` has the same rows (and seed groups) as before.
-BOOKKEEPING = frozenset({"resume", "progress", "data_dir", "teacher_cache"})
-# What a student trained without a teacher cannot depend on: ignored when a job is matched to the
-# scratch baseline (the `kd=none` jobs), and so is the seed (the baseline is a mean over seeds).
-NOT_BASELINE = frozenset({"kd", "T", "alpha", "lambda", "teacher", "seed"})
+# Nor are the trackers' settings (`logger=...`, `logger.mlflow.*`), nor `deploy_report` (it measures, changes nothing).
+BOOKKEEPING = frozenset({"resume", "progress", "data_dir", "teacher_cache", "deploy_report"})
+# What a student trained without a teacher cannot depend on: a kd=none job's values of these keys
+# are left out of its group (kdrun.baseline trains one baseline for all of them).
+BASELINE_IGNORES = frozenset({"T", "alpha", "teacher"})
 NOT_BASELINE_PREFIXES = ("kd.", "teacher.")
+# ...and what is ignored when a KD job is matched to its scratch baseline: those, kd and lambda
+# (whatever a KD job's weights), and the seed (the baseline is a mean over seeds).
+NOT_BASELINE = BASELINE_IGNORES | {"kd", "lambda", "seed"}
 
 METRICS = ("teacher_test_acc", "student_test_acc", "student_val_acc")
+TOP5 = ("teacher_test_acc5", "student_test_acc5")  # columns of their own when a job reports top-5 (>10 classes)
+# From each model's deployment report (summary.json's `deploy`, kdrun/deploy.py): column -> (model, key).
+DEPLOY = {"student_params": ("student", "params"), "student_macs": ("student", "macs"),
+          "student_cpu_latency_ms": ("student", "cpu_latency_ms"), "student_throughput": ("student", "throughput"),
+          "teacher_macs": ("teacher", "macs"), "teacher_cpu_latency_ms": ("teacher", "cpu_latency_ms")}
 RANK_BY = ("student_val_acc", "student_test_acc")  # validation first: never select on the test set
 DIGITS = 6  # means, stds and gains: enough for a 1e6-image test set, without float noise
 
@@ -42,12 +51,21 @@ class Job:
 
     @property
     def status(self) -> str:
-        return self.summary.get("status", "ok") if self.summary else "missing"
+        """ok, failed, missing, or shared: a kd=none job whose result is an equal job's (kdrun.baseline)."""
+        if not self.summary:
+            return "missing"
+        status = self.summary.get("status", "ok")
+        return "shared" if status == "ok" and self.summary.get("shared_from") else status
 
     @property
     def is_scratch(self) -> bool:
         """A student trained from labels alone (kd=none): the baseline of the sweep's KD jobs."""
         return self.status == "ok" and self.summary.get("kd") == []
+
+    @property
+    def is_baseline(self) -> bool:
+        """A kd=none job, whatever its status."""
+        return self.summary["kd"] == [] if "kd" in self.summary else self.overrides.get("kd") == "none"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,13 +95,38 @@ def find_run_dirs(path: Path) -> list[Path]:
     return found
 
 
+def is_dry_run(path: Path) -> bool:
+    """A dry run's directory: Hydra's files and a layer table, no results (and never a summary)."""
+    if (path / "summary.json").is_file():
+        return False
+    try:
+        record = json.loads((path / ".kdrun" / "run.json").read_text())
+    except (OSError, ValueError):  # a run from before kdrun kept that record: Hydra's copy of the config
+        import yaml
+
+        try:
+            record = yaml.safe_load((path / ".hydra" / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return False
+    return isinstance(record, dict) and record.get("dry_run") is True
+
+
+def report_dir(path: Path) -> Path:
+    """Where kdrun-report writes by default: into a sweep's or a run's own directory, but beside
+    (`<folder>-report`) any other folder of runs, whose contents are not the report's to add to."""
+    path = Path(path).resolve()
+    if (path / "multirun.yaml").is_file() or (path / ".kdrun" / "sweep.json").is_file() or is_run_dir(path):
+        return path
+    return path.with_name(f"{path.name}-report")
+
+
 def parse_overrides(items: Iterable[str]) -> dict:
     """`["T=2", "+x=1", "progress=false"]` -> `{"T": "2", "x": "1"}`: values as the user typed them."""
     out = {}
     for item in items:
         key, _, value = str(item).partition("=")
         key = key.lstrip("+~")
-        if key and key not in BOOKKEEPING and not key.startswith("hydra."):
+        if key and key not in BOOKKEEPING and not key.startswith(("hydra.", "logger")):
             out[key] = value
     return out
 
@@ -97,13 +140,27 @@ def read_job(path: Path, name: str) -> Job:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             summary = {"status": "failed", "error": f"summary.json is unreadable ({e})"}
     overrides_path = path / ".hydra" / "overrides.yaml"
-    if overrides_path.is_file():
+    if "overrides" in summary or not overrides_path.is_file():
+        # summary.json is written once, by the run; Hydra rewrites .hydra/ at every start of it.
+        items = summary.get("overrides") or []
+    else:  # a run still going, or killed
         from omegaconf import OmegaConf
 
         items = list(OmegaConf.load(overrides_path) or [])
-    else:  # hydra.output_subdir=null: the summary has them too
-        items = summary.get("overrides") or []
     return Job(name=name, path=path, overrides=parse_overrides(items), summary=summary)
+
+
+def read_lines(path: Path) -> list[dict]:
+    """A JSON-lines file (metrics.jsonl): every complete line; a line cut short by a killed run is skipped."""
+    if not Path(path).is_file():
+        return []
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
 
 
 def natural_key(name: str) -> list:
@@ -121,7 +178,9 @@ def read_jobs(paths: Iterable[Path]) -> list[Job]:
         shown = " ".join(str(p) for p in paths)
         raise KdrunError(f"no run directories under {shown} (a run directory holds .hydra/overrides.yaml or "
                          "summary.json): give a sweep directory (outputs/sweeps/<date>/<time>) or run directories")
-    found = list(dirs)
+    found = [d for d in dirs if not is_dry_run(d)]
+    if not found:
+        raise KdrunError(f"only dry runs under {' '.join(str(p) for p in paths)}: they train nothing to summarise")
     common = Path(os.path.commonpath(found)) if len(found) > 1 else found[0].parent
     jobs = [read_job(d, d.relative_to(common).as_posix()) for d in found]
     return sorted(jobs, key=lambda j: natural_key(j.name))
@@ -181,19 +240,28 @@ class Summary:
     keys: list
     rows: list
     has_scratch: bool  # the sweep has a kd=none job: rows carry scratch_test_acc and gain
+    has_top5: bool = False  # a job reports top-5 accuracy: rows carry teacher/student_test_acc5
+    has_deploy: bool = False  # a job has a deployment report: rows carry the DEPLOY columns
+
+    @property
+    def metrics(self) -> tuple:
+        return METRICS + (TOP5 if self.has_top5 else ())
 
     @property
     def columns(self) -> list:
-        return ["job", "status", *self.keys, *METRICS, *(("scratch_test_acc", "gain") if self.has_scratch else ()),
-                "wall_time_s", "error"]
+        return ["job", "status", *self.keys, *self.metrics, *(("scratch_test_acc", "gain") if self.has_scratch else ()),
+                *(DEPLOY if self.has_deploy else ()), "wall_time_s", "error"]
 
 
 def summarise(jobs: list[Job]) -> Summary:
     """Per job: teacher and student test accuracy, the student's validation accuracy, the scratch
-    baseline and the gain over it (when the sweep has a kd=none job), wall time, status, error."""
+    baseline and the gain over it (when the sweep has a kd=none job), the models' deployment figures
+    (when a job has them), wall time, status, error."""
     keys = override_keys(jobs)
     baselines = scratch_baselines(jobs)
     has_scratch = any(job.is_scratch for job in jobs)
+    has_top5 = any("test_acc5" in (job.summary.get(m) or {}) for job in jobs for m in ("teacher", "student"))
+    has_deploy = any("deploy" in (job.summary.get("student") or {}) for job in jobs)
     rows = []
     for job in jobs:
         s = job.summary
@@ -201,13 +269,20 @@ def summarise(jobs: list[Job]) -> Summary:
         row = {"job": job.name, "status": job.status, **{k: job.overrides.get(k, "") for k in keys},
                "teacher_test_acc": teacher.get("test_acc"), "student_test_acc": student.get("test_acc"),
                "student_val_acc": student.get("best_val_acc")}
+        if has_top5:
+            row.update({"teacher_test_acc5": teacher.get("test_acc5"), "student_test_acc5": student.get("test_acc5")})
         if has_scratch:
             row["scratch_test_acc"] = baselines.get(job.name)
             row["gain"] = _diff(row["student_test_acc"], row["scratch_test_acc"])
+        if has_deploy:
+            row["is_scratch"] = job.is_scratch  # not a column: the trade-off plot marks the kd=none jobs
+            for column, (model, key) in DEPLOY.items():
+                row[column] = ((s.get(model) or {}).get("deploy") or {}).get(key)
         row["wall_time_s"] = s.get("wall_time_s")
         row["error"] = s.get("error", "")
+        row["baseline"] = job.is_baseline  # not a column: it decides the job's group
         rows.append(row)
-    return Summary(keys=keys, rows=rows, has_scratch=has_scratch)
+    return Summary(keys=keys, rows=rows, has_scratch=has_scratch, has_top5=has_top5, has_deploy=has_deploy)
 
 
 def aggregate_seeds(summary: Summary) -> tuple[list[str], list[dict]]:
@@ -216,14 +291,19 @@ def aggregate_seeds(summary: Summary) -> tuple[list[str], list[dict]]:
     group_keys = [k for k in summary.keys if k != "seed"]
     groups: dict[tuple, list[dict]] = {}
     for row in summary.rows:
-        groups.setdefault(tuple(row[k] for k in group_keys), []).append(row)
+        # kd=none jobs that differ only in what the baseline ignores (T, alpha, teacher*, kd.*) are one
+        # group: one baseline, shown once (its `shared` jobs are not counted again in the means).
+        ignored = {k for k in group_keys if k in BASELINE_IGNORES or k.startswith(NOT_BASELINE_PREFIXES)}
+        groups.setdefault(tuple("" if row.get("baseline") and k in ignored else row[k] for k in group_keys),
+                          []).append(row)
     out = []
     for values, members in groups.items():
         ok = [r for r in members if r["status"] == "ok"]
         group = {**dict(zip(group_keys, values)), "jobs": " ".join(r["job"] for r in members), "n": len(ok),
+                 "baseline": all(r.get("baseline") for r in members),
                  "n_failed": sum(r["status"] == "failed" for r in members),
                  "n_missing": sum(r["status"] == "missing" for r in members)}
-        for metric in METRICS:
+        for metric in summary.metrics:
             xs = [r[metric] for r in ok if r[metric] is not None]
             group[f"{metric}_mean"] = _mean(xs)
             if metric == "student_test_acc":
@@ -234,7 +314,7 @@ def aggregate_seeds(summary: Summary) -> tuple[list[str], list[dict]]:
         group["error"] = next((r["error"] for r in members if r["error"]), "")
         out.append(group)
     columns = [*group_keys, "jobs", "n", "n_failed", "n_missing", "teacher_test_acc_mean", "student_test_acc_mean",
-               "student_test_acc_std", "student_val_acc_mean",
+               "student_test_acc_std", "student_val_acc_mean", *(f"{m}_mean" for m in TOP5 if summary.has_top5),
                *(("scratch_test_acc", "gain_mean") if summary.has_scratch else ()), "error"]
     return columns, out
 
@@ -305,6 +385,10 @@ def format_value(column: str, value) -> str:
         return f"{100 * value:.2f}"
     if column == "wall_time_s":
         return f"{value:.1f}"
+    if column.endswith("_ms"):
+        return f"{value:.3g}"
+    if column.endswith("_throughput"):
+        return f"{value:.0f}"
     return str(value)
 
 

@@ -20,8 +20,11 @@ needs_mnist = pytest.mark.skipif(not HAS_MNIST, reason=f"no MNIST under {DATA_DI
 
 register_configs()
 
-# Small, fast settings that every test run starts from.
-TINY = ["progress=false", "teacher.epochs=1", "epochs=1", "teacher.batch_size=64", "student.batch_size=64"]
+# Small, fast settings that every test run starts from (and no test downloads anything by accident).
+# The deployment report (on by default) is measured only by the tests that check it
+# (deploy_report=true): timing CNNs would cost seconds a run.
+TINY = ["progress=false", "dataset.download=false", "teacher.epochs=1", "epochs=1", "teacher.batch_size=64", "student.batch_size=64",
+        "deploy_report=false"]
 
 
 def make_cfg(*overrides: str, tmp: Path | None = None):

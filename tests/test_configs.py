@@ -10,9 +10,11 @@ from kdrun.data import build_data
 from kdrun.engine import make_optimizer, train_one_epoch
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config
+from kdrun.models.cifar import CIFAR_MODELS
 from kdrun.run import run
 from tests.conftest import CONFIGS, HAS_MNIST, make_cfg
-from tests.datasets import write_cifar, write_image_folder
+from tests.datasets import write_cifar, write_image_folder, write_imagenet_tree
+from tests.test_custom_code import MODULE
 
 CPU = torch.device("cpu")
 
@@ -23,9 +25,10 @@ def options(group: str) -> list[str]:
 
 def test_the_groups_hold_what_the_readme_promises():
     models = {"mlp1200", "mlp800", "lenet5", "resnet18", "resnet34", "resnet50", "mobilenetv2",
-              "mobilenetv3_small", "shufflenetv2", "efficientnet_b0", "vgg11", "torchvision", "soft_tree"}
+              "mobilenetv3_small", "shufflenetv2", "efficientnet_b0", "vgg11", "torchvision", "timm", "custom", "soft_tree"} | CIFAR_MODELS
     assert set(options("teacher")) == set(options("student")) == models
-    assert set(options("dataset")) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "fake"}
+    assert set(options("dataset")) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "imagenet",
+                                       "fake", "custom"}
     assert {"hinton", "none"} <= set(options("kd"))
     assert set(options("scheme")) == {"offline", "online", "self", "self_byot"}
 
@@ -47,8 +50,11 @@ def _one_step(model_node, dataset: str, extra=()):
     assert metrics["train/loss"] > 0
 
 
+# The CIFAR family trains one step each in tests/test_cifar_models.py, on tiny CIFAR-shaped images.
 @pytest.mark.parametrize("role", ["teacher", "student"])
-@pytest.mark.parametrize("option", [o for o in options("student") if o != "torchvision"])
+# torchvision, timm and custom need a name or a target: tested with one here, in test_pretrained and test_custom_code;
+# the CIFAR family trains one step each in tests/test_cifar_models.py, on tiny CIFAR-shaped images.
+@pytest.mark.parametrize("option", [o for o in options("student") if o not in ("torchvision", "timm", "custom") and o not in CIFAR_MODELS])
 def test_every_model_option_trains_one_step_on_mnist_shaped_data(role, option):
     cfg = make_cfg(f"{role}={option}")
     _one_step(cfg[role], "fake")
@@ -83,6 +89,15 @@ def _dataset_files(option, tmp_path, monkeypatch):
         write_image_folder(tmp_path / "data" / "imgs")
         return [f"data_dir={tmp_path / 'data'}", "dataset.root=imgs", "dataset.image_size=16",
                 "dataset.num_workers=0"]
+    if option == "imagenet":
+        write_imagenet_tree(tmp_path / "data" / "imagenet", train=8)
+        return [f"data_dir={tmp_path / 'data'}", "dataset.image_size=16", "dataset.resize_size=18",
+                "dataset.num_workers=0"]
+    if option == "custom":
+        (tmp_path / "code").mkdir()
+        (tmp_path / "code" / "my_kd.py").write_text(MODULE)
+        monkeypatch.syspath_prepend(str(tmp_path / "code"))
+        return ["dataset.target=my_kd.make", "dataset.num_workers=0"]
     return []
 
 

@@ -1,6 +1,7 @@
 """Every bad input a user can give fails before training, with one line naming the setting and the fix."""
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -25,12 +26,24 @@ FAKE = ["dataset=fake", "teacher=lenet5", "student=lenet5"]
         ("student.lr=0", r"^student.lr=0.0: the learning rate must be > 0"),
         ("teacher.optimizer=rmsprop", r"^teacher.optimizer=rmsprop: choose one of sgd, adam, adamw"),
         ("dataset.val_split=10000", r"^dataset.val_split=10000.0: holds out 10000 of only 512"),
+        ("T=nan", r"^T=nan: must be a finite number"),
+        ("alpha=inf", r"^alpha=inf: must be a finite number"),
+        ("dataset.val_split=nan", r"^dataset.val_split=nan: must be a finite number"),
+        ("kd.hinton.weight=-1", r"^kd.hinton.weight=-1: a method's weight must be >= 0"),
+        ("student.momentum=1.0", r"^student.momentum=1.0: must be in \[0, 1\)"),
+        ("teacher.momentum=-0.5", r"^teacher.momentum=-0.5: must be in \[0, 1\)"),
+        ("student.batch_size=1", r"^student.batch_size=1: must be at least 2"),
+        ("student.exclude_classes=[0,1,2,3,4,5,6,7,8,9]", r"^student.exclude_classes=\[0, .*9\]: leaves none of the 10 "
+                                                           r"classes to train on"),
+        ("teacher.exclude_classes=[10]", r"^teacher.exclude_classes=\[10\]: the data has classes 0..9 only"),
+        ("dataset.num_train=0", r"^dataset.num_train=0: the fake dataset needs at least 2 training images"),
+        ("dataset.num_test=0", r"^dataset.num_test=0: the fake dataset needs at least 1 test image"),
     ],
 )
 def test_bad_values_fail_before_training(tmp_path, override, message):
     with pytest.raises(KdrunError, match=message):
         run(make_cfg(*FAKE, override, tmp=tmp_path), tmp_path / "run")
-    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() and not (tmp_path / "teachers").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
@@ -103,7 +116,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(KdrunError, match=r"^cannot write .*ck.pt \(disk full\)"):
         save_checkpoint({"epoch": 2}, path)
     assert torch.load(path, weights_only=True) == {"epoch": 1}  # the old file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]  # and no temporary file is left
@@ -123,3 +136,6 @@ def test_cli_prints_one_line_and_exits_non_zero(tmp_path, args, message):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith(message)
     assert "Traceback" not in proc.stderr
+    # ... and the run's directory says it failed, and why (kdrun-report lists it as failed, not missing)
+    record = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert record["status"] == "failed" and message.startswith("kdrun: error: " + record["error"][:20])

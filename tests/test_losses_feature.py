@@ -143,7 +143,7 @@ def test_fsp_loss_value_by_hand():
     ta = torch.ones(2, 1, 2, 2)
     tb = torch.cat([torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)], dim=1)
     pair2 = ((2.5 - 1) ** 2 + (-0.75 - 0) ** 2)  # same for both samples = 2.8125
-    expected = (pair1 + pair2) / 2  # 3.65625
+    expected = pair1 + pair2  # 7.3125: the paper sums the pairs (lambda_i = 1)
     got = fsp_loss([(s1, s1), (sa, sb)], [(t1, t1), (ta, tb)])
     assert got.item() == pytest.approx(expected)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -32,9 +34,10 @@ def stop_in_epoch(n: int, monkeypatch):
 
     original, calls = engine.train_one_epoch, {"n": 0}
 
-    def stopping(model, loader, optimizer, device, desc, progress=True, should_stop=lambda: False):
+    def stopping(model, loader, optimizer, device, desc, progress=True, should_stop=lambda: False, step=None):
         calls["n"] += 1
-        return original(model, loader, optimizer, device, desc, progress, should_stop=lambda: calls["n"] == n)
+        return original(model, loader, optimizer, device, desc, progress, should_stop=lambda: calls["n"] == n,
+                        step=step)
 
     monkeypatch.setattr(engine, "train_one_epoch", stopping)
     try:
@@ -89,7 +92,10 @@ def test_sigint_saves_the_last_epoch_and_resume_finishes_identically(tmp_path):
     saved = torch.load(cut / "checkpoints" / "student_last.pt", weights_only=True)["epoch"]
     assert 1 <= saved < 12 and not (cut / "summary.json").exists()
 
-    kdrun_cli(*args, "resume=true", f"hydra.run.dir={cut}", cwd=tmp_path)
+    # The message gives the command that continues this run, with its real directory: run it.
+    command = re.search(r"Continue with:\n  (.+)", err)[1]
+    assert command == " ".join(["python -m kdrun", *args, "resume=true", f"hydra.run.dir={cut}"])
+    kdrun_cli(*shlex.split(command)[3:], cwd=tmp_path)
     assert _student_lines(cut) == _student_lines(tmp_path / "full")
     full, resumed = (json.loads((d / "summary.json").read_text())["student"] for d in (tmp_path / "full", cut))
     assert resumed["test_errors"] == full["test_errors"]

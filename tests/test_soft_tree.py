@@ -56,6 +56,9 @@ def test_leaf_weighted_loss_outputs_and_predictions_equal_hand_values():
     # Soft targets T = (1/2, 1/2): -sum_l P_l sum_k T_k log Q_lk.
     soft = tree.label_loss(torch.tensor([[0.5, 0.5]]))
     assert soft.item() == pytest.approx(-(0.25 * math.log(0.5) + 0.75 * 0.5 * (math.log(0.75) + math.log(0.25))))
+    # Label smoothing 0.2 on 2 classes: the target (0.9, 0.1), as F.cross_entropy would use.
+    smoothed = tree.label_loss(y, label_smoothing=0.2)
+    assert smoothed.item() == pytest.approx(-(0.25 * math.log(0.5) + 0.75 * (0.9 * math.log(0.75) + 0.1 * math.log(0.25))))
     # Training outputs the leaves' log-distributions averaged with the path probabilities...
     expected = [0.25 * math.log(0.5) + 0.75 * math.log(0.75), 0.25 * math.log(0.5) + 0.75 * math.log(0.25)]
     torch.testing.assert_close(out["logits"], torch.tensor([expected]))

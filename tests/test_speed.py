@@ -56,6 +56,10 @@ def test_tiny_reproduction_writes_the_report_with_every_row(tmp_path):
                 "| distilled without 3s", "| + bias of class 3 raised by"):
         assert row in report, row
     assert "| 67 |" in report and "| 146 |" in report and "| 74 |" in report
+    # the deployment table: the 1200-1200 teacher's 2.4 M multiply-adds per image against the student's 1.28 M
+    assert "## What the compression bought" in report and "| teacher 1200-1200 | 2,395,210 | 9.58 MB | 2.39 M |" in report
+    assert "| student 800-800, distilled | 1,276,810 | 5.11 MB | 1.28 M |" in report
+    assert "student vs teacher: 1.88x fewer parameters, 1.88x fewer mult-adds" in report
     assert (tmp_path / "out" / "errors.png").stat().st_size > 1000
     distilled = json.loads((tmp_path / "out" / "distilled" / "summary.json").read_text())
     assert distilled["T"] == 20 and distilled["teacher_logits"] == "cached"
@@ -65,9 +69,14 @@ def test_tiny_reproduction_writes_the_report_with_every_row(tmp_path):
 def test_bench_prints_every_case(capsys):
     from kdrun.bench import main
 
-    result = main(["--steps", "3", "--workers", "0", "dataset.train_subset=1000", f"data_dir={DATA_DIR}"])
+    # Case (e) launches torchrun once per world size: one process here (the 2-process runs are tested in
+    # test_distributed.py).
+    result = main(["--steps", "3", "--workers", "0", "--world-sizes", "1", "--cnn-steps", "1", "dataset.train_subset=1000",
+                   "student.batch_size=8", f"data_dir={DATA_DIR}"])
     out = capsys.readouterr().out
     for case in ("(a) student alone", "(b) KD, live teacher", "(c) KD, cached teacher logits", "(d) KD, live teacher, "
-                 "DataLoader", "(c)/(a) =", "(c)/(d) =", "peak memory"):
+                 "DataLoader", "(c)/(a) =", "(c)/(d) =", "(bare) bare eager PyTorch KD step", "CNN case: resnet50 -> "
+                 "mobilenet_v2", "kdrun KD step, first pass", "kdrun first pass / bare =", "peak memory",
+                 "(e) torchrun --nproc_per_node=1"):
         assert case in out, case
-    assert all(result[k] > 0 for k in "abcd")
+    assert all(result[k] > 0 for k in ["a", "b", "c", "d", "bare", "cnn_first", "cnn_bare"]) and result["ddp"][1] > 0

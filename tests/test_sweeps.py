@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -40,7 +42,7 @@ def failed_sweep(tmp_path_factory):
     """dataset.num_train=300,600 x dataset.val_split=0.1,400: only (300, 400) cannot hold out 400 images."""
     tmp = tmp_path_factory.mktemp("failed_sweep")
     sweep = tmp / "sweep"
-    proc = kdrun_cli("-m", *FAKE, "dataset.num_train=300,600", "dataset.val_split=0.1,400",
+    proc = kdrun_cli("-m", *FAKE, "deploy_report=true", "dataset.num_train=300,600", "dataset.val_split=0.1,400",
                      f"hydra.sweep.dir={sweep}", f"teacher_cache={tmp / 'teachers'}", cwd=tmp)
     return sweep, proc
 
@@ -63,6 +65,7 @@ def test_a_failed_job_is_recorded_and_the_sweep_runs_on(failed_sweep):
         assert _is_png(sweep / "curves" / f"{job}.png")
     assert not (sweep / "curves" / "1.png").exists()  # it never trained
     assert _is_png(sweep / "heatmap.png")  # two keys swept: num_train x val_split
+    assert _is_png(sweep / "tradeoff.png") and rows["0"]["student_macs"] == rows["2"]["student_macs"] != ""
     # summary.md: best (validation accuracy) first, the failed job last
     md_jobs = [line.split("|")[1].strip() for line in (sweep / "summary.md").read_text().splitlines()
                if line.startswith("| ") and not line.startswith("| job")]
@@ -85,6 +88,46 @@ def test_kdrun_report_on_a_copied_sweep_reproduces_its_summary(failed_sweep, tmp
     assert (copy / "summary.csv").read_bytes() == (sweep / "summary.csv").read_bytes()
     assert (copy / "summary.md").read_text() == (sweep / "summary.md").read_text()
     assert _is_png(copy / "heatmap.png") and len(list((copy / "curves").glob("*.png"))) == 3
+
+
+def test_a_sweep_resumed_with_another_grid_keeps_every_complete_job(failed_sweep, tmp_path):
+    """The jobs are found by number: with val_split=0.2 instead of 0.1, jobs 0 and 2 are another config.
+    They are refused, and left exactly as they were: results, metrics and Hydra's record."""
+    sweep, _ = failed_sweep
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    kept = {job: {name: (copy / job / name).read_bytes() for name in
+                  ("summary.json", "metrics.jsonl", ".hydra/overrides.yaml", ".hydra/config.yaml")} for job in "023"}
+    proc = kdrun_cli("-m", *FAKE, "dataset.num_train=300,600", "dataset.val_split=0.2,400", "resume=true",
+                     f"hydra.sweep.dir={copy}", f"teacher_cache={sweep.parent / 'teachers'}", cwd=tmp_path)
+    for job, files in kept.items():
+        assert {name: (copy / job / name).read_bytes() for name in files} == files, f"job {job} was changed"
+    assert (proc.stdout + proc.stderr).count("holds a complete run of another config") == 2
+    rows = {r["job"]: r for r in _csv(copy / "summary.csv")}
+    assert [(rows[j]["status"], rows[j]["dataset.val_split"]) for j in "0123"] == [
+        ("ok", "0.1"), ("failed", "400"), ("ok", "0.1"), ("ok", "400")]
+
+
+def test_kdrun_report_trusts_summary_json_over_hydra(tmp_path):
+    """.hydra/ is rewritten at every start of a run; summary.json is written once, by the run itself."""
+    _fake_job(tmp_path / "sweep" / "0", ["T=2"], 0.9)
+    summary_path = tmp_path / "sweep" / "0" / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "overrides": ["T=1"]}))
+    assert [r["T"] for r in summarise(read_jobs([tmp_path / "sweep"])).rows] == ["1"]
+
+
+def test_kdrun_report_over_a_folder_of_runs(tmp_path):
+    """Failed runs are failed, dry runs are not runs, and the report goes beside the folder, not into it."""
+    runs = tmp_path / "runs"
+    _fake_job(runs / "a", ["T=1"], 0.9)
+    _fake_job(runs / "b", ["T=2"], error="T=0.0: the temperature must be > 0 (e.g. T=4)")
+    _fake_job(runs / "c", ["T=3", "dry_run=true"])  # a dry run: Hydra's files, no summary
+    (runs / "c" / ".hydra" / "config.yaml").write_text("T: 3\ndry_run: true\n")
+    _fake_job(runs / "d", ["T=4"])  # still running, or killed
+    report_main([str(runs)])
+    rows = _csv(tmp_path / "runs-report" / "summary.csv")
+    assert [(r["job"], r["status"]) for r in rows] == [("a", "ok"), ("b", "failed"), ("d", "missing")]
+    assert sorted(p.name for p in runs.iterdir()) == ["a", "b", "c", "d"]
 
 
 def test_kdrun_report_is_a_console_script():
@@ -190,7 +233,8 @@ def test_report_files_on_made_up_summaries(made_up_sweep, tmp_path):
     seeds = {(r["T"], r["kd"], r["epochs"]): r for r in _csv(out / "summary_seeds.csv")}
     assert float(seeds[("1", "", "")]["student_test_acc_std"]) == pytest.approx(0.036056, abs=1e-6)
     assert seeds[("2", "", "")]["n_failed"] == "1"
-    assert not (out / "heatmap.png").exists() and not (out / "lineplot.png").exists()  # three keys vary
+    # T and epochs vary among the KD jobs (kd=none is the baseline, no axis): 4 of the 6 cells have a job
+    assert "heatmap.png" in result["written"] and not (out / "lineplot.png").exists()
 
     # One key swept (T, over seeds): a line plot with error bars.
     for job in ("6", "7", "8", "9"):
@@ -198,6 +242,25 @@ def test_report_files_on_made_up_summaries(made_up_sweep, tmp_path):
     result = write_report([made_up_sweep], out)
     assert "lineplot.png" in result["written"] and _is_png(out / "lineplot.png")
     assert not (out / "heatmap.png").exists()
+
+
+def test_a_shared_baseline_shows_once_per_group(tmp_path):
+    """kdrun -m kd=hinton,none T=2,4: the kd=none jobs differ only in T, which they ignore; the second
+    shared the first's result (kdrun.baseline). One baseline row, counted once, and T the one axis."""
+    sweep = tmp_path / "sweep"
+    for job, (overrides, acc) in enumerate([(["kd=hinton", "T=2"], 0.90), (["kd=hinton", "T=4"], 0.93),
+                                            (["kd=none", "T=2"], 0.80), (["kd=none", "T=4"], 0.80)]):
+        _fake_job(sweep / str(job), overrides, acc, kd=() if "kd=none" in overrides else ("hinton",))
+    summary_path = sweep / "3" / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "shared_from": "2"}))
+    summary = summarise(read_jobs([sweep]))
+    assert [r["status"] for r in summary.rows] == ["ok", "ok", "ok", "shared"]
+    _, groups = aggregate_seeds(summary)
+    assert [(g["kd"], g["T"], g["jobs"], g["n"]) for g in groups] == [
+        ("hinton", "2", "0", 1), ("hinton", "4", "1", 1), ("none", "", "2 3", 1)]
+    assert [g["gain_mean"] for g in groups[:2]] == [pytest.approx(0.10), pytest.approx(0.13)]
+    result = write_report([sweep], tmp_path / "out")
+    assert "lineplot.png" in result["written"] and "heatmap.png" not in result["written"]
 
 
 # --- resume a sweep killed midway ----------------------------------------------------------------
@@ -230,7 +293,11 @@ def test_resume_a_sweep_interrupted_midway(tmp_path):
     cut_epochs = [json.loads(x)["epoch"] for x in cut_lines if json.loads(x)["model"] == "student"]
     assert 1 <= len(cut_epochs) < 5
 
-    kdrun_cli(*args, "resume=true", cwd=tmp_path)
+    # The message gives the command that continues the sweep, with its real directory: run it.
+    command = re.search(r"Continue with:\n  (.+)", err)[1]
+    assert command == " ".join(["python -m kdrun", *(a for a in args if "sweep.dir" not in a), "resume=true",
+                                f"hydra.sweep.dir={sweep}"])
+    kdrun_cli(*shlex.split(command)[3:], cwd=tmp_path)
     for job in ("0", "1"):
         assert _snapshot(sweep / job) == finished[job], f"job {job} was run again"
     lines = (sweep / "2" / "metrics.jsonl").read_text().splitlines()
@@ -277,3 +344,27 @@ def test_optuna_search_maximises_the_validation_accuracy(tmp_path):
     assert result["best_value"] == max(float(r["student_val_acc"]) for r in rows)  # maximised, not minimised
     best = [float(r["T"]) for r in rows if float(r["student_val_acc"]) == result["best_value"]]
     assert result["best_params"]["T"] == pytest.approx(best[0]) or result["best_params"]["T"] in best
+
+
+def test_plots_are_coloured_by_validation_accuracy_and_titled_with_the_setting(tmp_path):
+    from kdrun import plots
+
+    groups = [{"T": t, "alpha": a, "student_test_acc_mean": test, "student_val_acc_mean": val,
+               "student_test_acc_std": None, "n_failed": 0}
+              for t, a, test, val in [("1", "0.1", 0.90, 0.50), ("1", "0.5", 0.80, 0.60),
+                                      ("2", "0.1", 0.70, 0.70), ("2", "0.5", 0.60, 0.80)]]
+    fig = plots.heatmap(tmp_path / "h.png", "T", "alpha", groups, "title")
+    ax = fig.axes[0]
+    assert ax.images[0].get_array().tolist() == [[50.0, 60.0], [70.0, 80.0]]  # colour: validation
+    assert [t.get_text() for t in ax.texts] == ["90.00", "80.00", "70.00", "60.00"]  # written: test
+    assert "validation" in fig.axes[1].get_ylabel()
+    fig = plots.scatter(tmp_path / "s.png", "T", "alpha", groups, "title")
+    assert fig.axes[0].collections[0].get_array().tolist() == [50.0, 60.0, 70.0, 80.0]
+
+    from kdrun.report import setting_title
+    from kdrun.sweep import Job
+
+    summary = {"dataset": "mnist", "teacher": {"arch": "mlp1200"}, "student": {"arch": "mlp800"}}
+    jobs = [Job("0", tmp_path, {}, summary), Job("1", tmp_path, {}, {**summary, "teacher": None}),
+            Job("2", tmp_path, {}, {})]
+    assert setting_title(jobs) == "mnist: mlp1200 -> mlp800"

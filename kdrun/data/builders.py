@@ -1,23 +1,74 @@
-"""One builder per dataset. Each returns a DataBundle; torchvision does all the file reading."""
+"""One builder per dataset. Each returns a DataBundle; torchvision does all the file reading (and,
+where the files are missing, the downloading)."""
 from __future__ import annotations
 
+import contextlib
 import copy
+import socket
 from pathlib import Path
 
 import torch
 import torchvision
+from filelock import FileLock
 from torchvision import transforms
 
 from kdrun import KdrunError
-from kdrun.data import DataBundle, register_dataset, split_indices
+from kdrun.data import DataBundle, fingerprint, register_dataset, sample, split_indices
+from kdrun.data.folders import loader_bundle
 from kdrun.data.memory import TensorLoader
+
+# A stalled connection fails a download (data, or pretrained weights) after this long, with the one
+# line that says what to do.
+DOWNLOAD_TIMEOUT_S = 60
+
+
+def _where(root: Path, expected: str) -> str:
+    return (f"put the files there (torchvision expects {expected}), or set data_dir=/path/to/datasets (or the "
+            "KDRUN_DATA_DIR environment variable) to a folder that has them")
 
 
 def _missing(cfg_name: str, what: str, root: Path, expected: str) -> KdrunError:
-    return KdrunError(
-        f"dataset={cfg_name}: {what} not found under {root} (torchvision expects {expected}; it cannot be "
-        "downloaded here): set data_dir=/path/to/datasets or the KDRUN_DATA_DIR environment variable"
-    )
+    return KdrunError(f"dataset={cfg_name}: {what} not found under {root}: {_where(root, expected)}; or set "
+                      "dataset.download=true to fetch them")
+
+
+@contextlib.contextmanager
+def socket_timeout(seconds: float = DOWNLOAD_TIMEOUT_S):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _last_line(e: Exception) -> str:
+    """The cause of a failed download: torchvision lists every mirror it tried, the last line is the error."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+    return lines[-1][:160]
+
+
+def _torchvision_splits(cls, cfg, root: Path, expected: str):
+    """The train and test splits of a torchvision dataset under `root`. When its files are missing and
+    dataset.download is true, torchvision's own download() fetches them first (once: jobs that start
+    together wait on a lock); files that are there are read without touching the network."""
+    def load():
+        return cls(str(root), train=True), cls(str(root), train=False)
+
+    try:
+        return load()
+    except RuntimeError:  # torchvision's "Dataset not found or corrupted"
+        if not cfg.download:
+            raise _missing(cfg.name, cls.__name__, root, expected) from None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(root / f".{cls.__name__}.download.lock")), socket_timeout():
+            cls(str(root), train=True, download=True)  # one download holds both splits
+        return load()
+    except (RuntimeError, OSError) as e:  # URLError and timeouts are OSErrors
+        reason = _last_line(e)
+        raise KdrunError(f"dataset={cfg.name}: {cls.__name__} not found under {root} and the download failed "
+                         f"({reason}): {_where(root, expected)}; dataset.download=false skips the download") from None
 
 
 def _check_norm(cfg, channels: int) -> None:
@@ -28,16 +79,18 @@ def _check_norm(cfg, channels: int) -> None:
         )
 
 
-def _subset(n: int, cfg) -> int:
-    return min(n, cfg.train_subset) if cfg.train_subset else n
+def _subset(n: int, limit) -> int:
+    return min(n, limit) if limit else n
 
 
-def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) -> DataBundle:
+def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device, classes=None) -> DataBundle:
     """Splits, moves to the device once, and wraps the tensors in TensorLoaders."""
     if train_x.dim() == 3:  # N, H, W (MNIST) -> N, 1, H, W
         train_x, test_x = train_x.unsqueeze(1), test_x.unsqueeze(1)
-    n = _subset(len(train_y), cfg)
+    n = _subset(len(train_y), cfg.train_subset)
     train_x, train_y = train_x[:n], train_y[:n]
+    n_test = _subset(len(test_y), cfg.test_subset)
+    test_x, test_y = test_x[:n_test], test_y[:n_test]
     _check_norm(cfg, train_x.shape[1])
     tr_idx, va_idx = split_indices(n, cfg.val_split, cfg.split_seed)
     splits = {
@@ -45,9 +98,13 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
         "val": (train_x[va_idx], train_y[va_idx]),
         "test": (test_x, test_y),
     }
+    # Every split's shape and labels and a spread sample of its images: cheap, and no two datasets
+    # (or subsets, or splits) that a teacher could tell apart share it.
+    digest = fingerprint(part for name, (x, y) in splits.items()
+                         for part in (f"{name}{tuple(x.shape)}".encode(), y.long(), x[sample(len(x))]))
     splits = {k: (x.contiguous().to(device), y.long().to(device)) for k, (x, y) in splits.items()}
 
-    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
+    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=(), shard=True):
         x, y = splits[split]
         if exclude:
             keep = ~torch.isin(y, torch.tensor(exclude, device=y.device))
@@ -55,7 +112,7 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
             extras = {k: v[keep.to(v.device)] for k, v in (extras or {}).items()} or None
         shift, hflip = (cfg.shift, cfg.hflip) if augment else (0, False)
         return TensorLoader(x, y, batch_size, cfg.mean, cfg.std, shuffle=shuffle, shift=shift, hflip=hflip,
-                            extras=extras)
+                            extras=extras, shard=shard)
 
     return DataBundle(
         name=cfg.name,
@@ -64,16 +121,50 @@ def _in_memory(cfg, train_x, train_y, test_x, test_y, num_classes: int, device) 
         image_size=train_x.shape[-1],
         sizes={k: len(y) for k, (_, y) in splits.items()},
         make_loader=make_loader,
+        fingerprint=digest,
+        split_labels=lambda split: splits[split][1],
+        classes=list(classes) if classes else [str(i) for i in range(num_classes)],
     )
 
 
+def _unreadable(cfg_name: str, path: Path, error: OSError) -> KdrunError:
+    return KdrunError(f"dataset={cfg_name}: could not read {path} ({error.strerror or error}); check the file and its "
+                      "permissions (a network or disk fault may pass: then run again)")
+
+
+def _corrupt(cfg_name: str, path: Path, expected: str) -> KdrunError:
+    return KdrunError(f"dataset={cfg_name}: {path} is corrupt ({expected}); replace it with an intact copy of the "
+                      "original file")
+
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
 def _idx_dataset(cls, cfg, root: Path, device, num_classes: int) -> DataBundle:
-    # torchvision's MNIST/FashionMNIST hold the decoded IDX files as uint8 tensors in .data
-    try:
-        train, test = cls(str(root), train=True), cls(str(root), train=False)
-    except RuntimeError:
-        raise _missing(cfg.name, cls.__name__, root, f"{root / cls.__name__ / 'raw'}/train-images-idx3-ubyte etc.") from None
-    return _in_memory(cfg, train.data, train.targets, test.data, test.targets, num_classes, device)
+    """The four IDX files torchvision's MNIST/FashionMNIST read, read with torchvision's own readers,
+    so that a missing, a corrupt and an unreadable file are each reported as what they are."""
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
+    raw = root / cls.__name__ / "raw"
+    if not all((raw / name).exists() for name in IDX_FILES):
+        # Missing: torchvision downloads them (dataset.download), or the one line says what to do.
+        _torchvision_splits(cls, cfg, root, f"{raw}/train-images-idx3-ubyte etc.")
+    arrays = {}
+    for name in IDX_FILES:
+        images = "images" in name
+        try:
+            arrays[name] = (read_image_file if images else read_label_file)(str(raw / name))
+        except OSError as e:
+            raise _unreadable(cfg.name, raw / name, e) from None
+        except Exception:  # a wrong magic number, a file cut short: torchvision's readers assert and reshape
+            raise _corrupt(cfg.name, raw / name, f"not an IDX file of {'images' if images else 'labels'} of the "
+                           "size its header gives") from None
+    for split in ("train", "t10k"):
+        x, y = arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"]
+        if len(x) != len(y):
+            raise _corrupt(cfg.name, raw / f"{split}-labels-idx1-ubyte", f"{len(y)} labels for {len(x)} images")
+    return _in_memory(cfg, arrays[IDX_FILES[0]], arrays[IDX_FILES[1]], arrays[IDX_FILES[2]], arrays[IDX_FILES[3]],
+                      num_classes, device, cls.classes)
 
 
 @register_dataset
@@ -89,13 +180,24 @@ def fashion_mnist(cfg, root: Path, device) -> DataBundle:
 def _cifar(cls, cfg, root: Path, device) -> DataBundle:
     try:
         train, test = cls(str(root), train=True), cls(str(root), train=False)
-    except RuntimeError:
-        raise _missing(cfg.name, cls.__name__, root, f"{root / cls.base_folder} with the original, md5-checked files") from None
+    except OSError as e:
+        raise _unreadable(cfg.name, Path(e.filename or root / cls.base_folder), e) from None
+    except RuntimeError:  # torchvision says "not found or corrupted": which one, and which file?
+        from torchvision.datasets.utils import check_integrity
+
+        files = [*cls.train_list, *cls.test_list, [cls.meta["filename"], cls.meta["md5"]]]
+        missing = [root / cls.base_folder / name for name, _ in files if not (root / cls.base_folder / name).is_file()]
+        if missing:  # torchvision downloads them (dataset.download), or the one line says what to do
+            train, test = _torchvision_splits(cls, cfg, root, f"{missing[0]} among the original files")
+        else:
+            bad = next((root / cls.base_folder / name for name, md5 in files
+                        if not check_integrity(str(root / cls.base_folder / name), md5)), root / cls.base_folder)
+            raise _corrupt(cfg.name, bad, "its md5 is not that of the original file") from None
 
     def to_tensors(ds):  # .data is N, H, W, C uint8 (numpy); .targets a list
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
 
-    return _in_memory(cfg, *to_tensors(train), *to_tensors(test), len(train.classes), device)
+    return _in_memory(cfg, *to_tensors(train), *to_tensors(test), len(train.classes), device, train.classes)
 
 
 @register_dataset
@@ -148,47 +250,124 @@ def image_folder(cfg, root: Path, device) -> DataBundle:
     )
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     train_dir = root / "train" if (root / "train").is_dir() and test_dir else root
-    try:
-        tree = torchvision.datasets.ImageFolder(str(train_dir))
-        test_tree = torchvision.datasets.ImageFolder(str(test_dir)) if train_dir != root else tree
-    except (FileNotFoundError, RuntimeError) as e:
-        raise KdrunError(f"dataset.root={root}: {e}") from None
+    tree = _image_tree(train_dir, root)
+    test_tree = _image_tree(test_dir, root) if train_dir != root else tree
     if test_tree.classes != tree.classes:
         raise KdrunError(f"dataset.root={root}: {test_dir} has other classes than {train_dir}")
-
-    all_idx = torch.arange(len(tree))
     if train_dir == root:  # one tree: hold out test_split of it for test, with another seed than val
         pool, test_idx = split_indices(len(tree), cfg.test_split, cfg.split_seed + 1)
     else:
-        pool, test_idx = all_idx, torch.arange(len(test_tree))
-    pool = pool[: _subset(len(pool), cfg)]
+        pool, test_idx = torch.arange(len(tree)), torch.arange(len(test_tree))
+    return _trees(cfg, device, tree, test_tree, pool, test_idx, augmented, plain, size)
+
+
+def _image_tree(folder: Path, root: Path) -> torchvision.datasets.ImageFolder:
+    try:
+        return torchvision.datasets.ImageFolder(str(folder), loader=_load_image)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise KdrunError(f"dataset.root={root}: {e}") from None
+
+
+def _sample(indices: torch.Tensor, limit, seed: int) -> torch.Tensor:
+    """`limit` of the indices, a fixed random sample (an image tree is sorted by class, so its first N
+    would hold a class or two), in their order."""
+    if not limit or limit >= len(indices):
+        return indices
+    return indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))[:limit].sort().values]
+
+
+def _trees(cfg, device, tree, test_tree, pool, test_idx, augmented, plain, size: int) -> DataBundle:
+    """The bundle of a train tree (train and val splits, from the indices in `pool`) and a test tree."""
+    pool = _sample(pool, cfg.train_subset, cfg.split_seed + 2)
     tr, va = split_indices(len(pool), cfg.val_split, cfg.split_seed)
-    indices = {"train": pool[tr], "val": pool[va], "test": test_idx}
-    source = {"train": tree, "val": tree, "test": test_tree}
+    indices = {"train": pool[tr], "val": pool[va], "test": _sample(test_idx, cfg.test_subset, cfg.split_seed + 3)}
+    # The file list, the splits, and the bytes of a few files spread over each tree.
+    files = [(Path(p).relative_to(t.root).as_posix(), c) for t in {id(tree): tree, id(test_tree): test_tree}.values()
+             for p, c in t.samples]
+    read = [Path(t.samples[i][0]).read_bytes() for t in (tree, test_tree) for i in sample(len(t), 32).tolist()]
+    digest = fingerprint([repr(files).encode(), *indices.values(), *read])
 
     def with_transform(ds, transform):  # a shallow copy shares the scanned file list
         ds = copy.copy(ds)
         ds.transform = transform
         return ds
 
-    def make_loader(split, batch_size, shuffle, augment, extras=None, exclude=()):
-        ds = with_transform(source[split], augmented if augment else plain)
-        chosen = [i for i in indices[split].tolist() if ds.targets[i] not in exclude]
-        return torch.utils.data.DataLoader(
-            torch.utils.data.Subset(ds, chosen),
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
-        )
+    datasets = {"train": (with_transform(tree, augmented), with_transform(tree, plain)),
+                "val": (None, with_transform(tree, plain)), "test": (None, with_transform(test_tree, plain))}
+    bundle = loader_bundle(cfg, device, datasets, indices, len(tree.classes), 3, size, digest)
+    bundle.classes = list(tree.classes)
+    return bundle
 
-    return DataBundle(
-        name=cfg.name,
-        num_classes=len(tree.classes),
-        in_channels=3,
-        image_size=size,
-        sizes={k: len(v) for k, v in indices.items()},
-        make_loader=make_loader,
-        in_memory=False,
-    )
+
+@register_dataset
+def imagenet(cfg, root: Path, device) -> DataBundle:
+    """ImageNet's layout, root/train/<class>/ and root/val/<class>/ (ImageNet itself or any tree shaped
+    like it), with the standard pipeline: RandomResizedCrop + flip for training; resize, then centre
+    crop for evaluation. val/ is the test split, as in every ImageNet paper; the validation split
+    that picks the best epoch is held out of train/."""
+    missing = [d for d in ("train", "val") if not (root / d).is_dir()]
+    if missing:
+        raise KdrunError(f"dataset.root={root}: dataset=imagenet needs train/<class>/ and val/<class>/ folders there "
+                         f"(no {' or '.join(d + '/' for d in missing)}); point dataset.root (absolute, or relative to "
+                         "data_dir) at such a folder, or use dataset=image_folder for another layout")
+    _check_norm(cfg, 3)
+    size = cfg.image_size or 224
+    resize = cfg.resize_size or round(size * 256 / 224)  # 256 for 224: the usual ratio
+    normalize = [transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)]
+    plain = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), *normalize])
+    augmented = transforms.Compose([transforms.RandomResizedCrop(size)]
+                                   + ([transforms.RandomHorizontalFlip()] if cfg.hflip else []) + normalize)
+    tree, test_tree = _image_tree(root / "train", root), _image_tree(root / "val", root)
+    if test_tree.classes != tree.classes:
+        raise KdrunError(f"dataset.root={root}: val/ has other classes than train/ ({len(test_tree.classes)} and "
+                         f"{len(tree.classes)}): both need the same <class>/ folders")
+    return _trees(cfg, device, tree, test_tree, torch.arange(len(tree)), torch.arange(len(test_tree)), augmented,
+                  plain, size)
+
+
+@register_dataset
+def custom(cfg, root: Path, device) -> DataBundle:
+    """Datasets from your own code (kdrun.custom.make_datasets): their items are (image tensor C x H x W,
+    label), transformed and augmented by the datasets themselves. A `val` dataset from the factory
+    replaces the validation split held out of `train`."""
+    from kdrun.custom import make_datasets
+
+    made = make_datasets(cfg.target, root, cfg.kwargs)
+    train, test = made["train"], made["test"]
+    x, _ = train[0]
+    if not isinstance(x, torch.Tensor) or x.dim() != 3:
+        raise KdrunError(f"dataset.target={cfg.target}: the items of its datasets must be (image tensor C x H x W, "
+                         f"label), but its first training image is a {type(x).__name__} {tuple(getattr(x, 'shape', ()))}")
+    # A dataset that lists its classes (as torchvision's do) says how many; its labels (`targets`) do too.
+    if hasattr(train, "classes"):
+        num_classes = len(train.classes)
+    elif hasattr(train, "targets"):
+        num_classes = int(max(train.targets)) + 1
+    else:
+        num_classes = cfg.num_classes
+    pool = _sample(torch.arange(len(train)), cfg.train_subset, cfg.split_seed + 2)
+    test_idx = _sample(torch.arange(len(test)), cfg.test_subset, cfg.split_seed + 3)
+    if "val" in made:
+        val, indices = made["val"], {"train": pool, "val": torch.arange(len(made["val"])), "test": test_idx}
+    else:
+        tr, va = split_indices(len(pool), cfg.val_split, cfg.split_seed)
+        val, indices = train, {"train": pool[tr], "val": pool[va], "test": test_idx}
+    datasets = {"train": (train, train), "val": (None, val), "test": (None, test)}
+    digest = fingerprint([repr((type(train).__name__, len(train), type(test).__name__, len(test))).encode(),
+                          *indices.values()])
+    bundle = loader_bundle(cfg, device, datasets, indices, num_classes, x.shape[0], x.shape[-1], digest)
+    bundle.classes = [str(c) for c in train.classes] if hasattr(train, "classes") else None
+    return bundle
+
+
+def _load_image(path: str):
+    """torchvision's loader (PIL, RGB), naming the file that cannot be read."""
+    from PIL import Image
+
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except OSError as e:  # PIL's UnidentifiedImageError (not an image, cut short) is an OSError too
+        why = e.strerror or str(e).split(" <")[0] or type(e).__name__
+        raise KdrunError(f"dataset.root: cannot read the image {path} ({why}); remove it "
+                         "or replace it with an intact image") from None

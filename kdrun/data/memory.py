@@ -8,6 +8,8 @@ from typing import Dict, Iterator, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from kdrun import distributed
+
 
 def shift_batch(x: torch.Tensor, max_shift: int) -> torch.Tensor:
     """Translates each image by its own random offset of up to max_shift pixels (zero fill):
@@ -42,8 +44,12 @@ class TensorLoader:
         shift: int = 0,
         hflip: bool = False,
         extras: Optional[Dict[str, torch.Tensor]] = None,
+        shard: bool = True,
     ):
         self.images, self.labels, self.batch_size = images, labels, batch_size
+        # Under DDP: this process's share of every global batch, from its shard of the global order.
+        self.shard = shard and distributed.world_size() > 1
+        self.step = distributed.local_batch(batch_size) if self.shard else batch_size
         self.extras = {k: v.to(images.device) for k, v in (extras or {}).items()}
         for name, value in self.extras.items():
             if len(value) != len(labels):
@@ -54,15 +60,19 @@ class TensorLoader:
         self.std = torch.tensor(std, dtype=torch.float32, device=images.device).view(shape) * 255
 
     def __len__(self) -> int:
-        return math.ceil(len(self.labels) / self.batch_size)
+        n = len(self.labels)
+        return math.ceil((distributed.shard_size(n, train=self.shuffle) if self.shard else n) / self.step)
 
     def __iter__(self) -> Iterator[tuple]:
         n = len(self.labels)
         device = self.images.device
-        # Drawn from the global RNG, which the engine seeds per epoch: a resumed run sees the same order.
+        # Drawn from the global RNG, which the engine seeds per epoch: a resumed run sees the same order
+        # (and under DDP every process the same global order, of which it takes its shard).
         order = torch.randperm(n).to(device) if self.shuffle else torch.arange(n, device=device)
-        for start in range(0, n, self.batch_size):
-            idx = order[start : start + self.batch_size]
+        if self.shard:
+            order = distributed.shard(order, train=self.shuffle)
+        for start in range(0, len(order), self.step):
+            idx = order[start : start + self.step]
             x = self.images[idx]
             if self.shift:
                 x = shift_batch(x, self.shift)

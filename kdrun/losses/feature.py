@@ -8,6 +8,7 @@ hide a mis-chosen tap.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -138,13 +139,12 @@ def fsp_loss(
     teacher_pairs: Sequence[tuple[torch.Tensor, torch.Tensor]],
     per_element: bool = False,
 ) -> torch.Tensor:
-    """FSP loss: mean over pairs i of mean over batch of ||G_i^T - G_i^S||_2^2 (sum over C1*C2);
-    with per_element=True each pair's term is divided by C1*C2 (a mean over matrix elements).
+    """FSP loss: sum over pairs i of the mean over the batch of ||G_i^T - G_i^S||_2^2 (summed over
+    C1*C2); with per_element=True each pair's term is divided by C1*C2 (a mean over matrix elements).
 
     Yim et al., CVPR 2017, Eq. 2: L = 1/N sum_x sum_i lambda_i ||G_i^T(x) - G_i^S(x)||_2^2 with all
-    lambda_i equal; we take lambda_i = 1/n (a mean over the n pairs) so adding a pair does not change
-    the scale, and the overall weight is the method's. Note RepDistiller instead averages over matrix
-    elements too ((s - t).pow(2).mean()), which is ours divided by C1*C2.
+    lambda_i equal (1 here; the overall weight is the method's). per_element=True is RepDistiller's
+    reduction, (s - t).pow(2).mean() per pair, summed over the pairs in its initialisation stage.
     """
     if len(student_pairs) != len(teacher_pairs) or not student_pairs:
         raise ValueError(
@@ -161,7 +161,7 @@ def fsp_loss(
         )
         term = (g_s - g_t).pow(2).sum(dim=(1, 2)).mean()
         terms.append(term / (g_s.shape[1] * g_s.shape[2]) if per_element else term)
-    return torch.stack(terms).mean()
+    return torch.stack(terms).sum()
 
 
 def factor_transfer(
@@ -211,8 +211,8 @@ def activation_boundary(
         (r - m)^2 * 1[t > 0 and r <= m]   teacher neuron on: push r above +m
       + (r + m)^2 * 1[t <= 0 and r > -m]  teacher neuron off: push r below -m
     summed over all elements and divided by the batch size, as in the authors' code
-    (criterion_alternative_L2(...).sum() / batch_size). Their further 1/1000 (and the per-layer
-    2^-k) is the method weight. Only the teacher's sign matters. Any shape (conv or flat) works.
+    (criterion_alternative_L2(...).sum() / batch_size). Their per-layer weights 2^(i - n + 1) and
+    further 3/1000 are the method's. Only the teacher's sign matters. Any shape (conv or flat) works.
     """
     _require_same_shape(
         "activation_boundary", student_pre, teacher_pre,
@@ -225,13 +225,174 @@ def activation_boundary(
 
 
 def byot_hint(head_feat: torch.Tensor, deepest_feat: torch.Tensor) -> torch.Tensor:
-    """||F_i - F_C||_2, the Euclidean distance per sample, averaged over the batch.
+    """||F_i - F_C||_2 over the whole batch: the Euclidean distance between the (N, D) matrices.
 
     Zhang et al., "Be Your Own Teacher", ICCV 2019, Sec. 3.2: the hint that pulls a shallow head's
     bottleneck feature F_i towards the deepest feature F_C (detach F_C to make it a target). The
-    paper writes the squared norm, but its weight lambda = 0.03 goes with the authors' code, which
-    takes the distance itself (torch.dist): squared, the hint swamps a head's cross-entropy. We take
-    it per sample, so the weight does not depend on the batch size.
+    paper writes the squared norm, but its weight lambda = 0.03 goes with the authors' code
+    (ArchipLab-LinfengZhang/pytorch-self-distillation-final), which takes torch.dist of the two
+    batches: one distance over all N x D elements, neither squared nor averaged over the samples.
+    So the term grows as sqrt(N) with the batch size, as theirs does (batch 128 there).
     """
     _require_same_shape("byot_hint", head_feat, deepest_feat, "the head's bottleneck must map to the deepest feature.")
-    return (head_feat - deepest_feat).flatten(1).norm(dim=1).mean()
+    return (head_feat - deepest_feat).flatten().norm()
+
+
+def vid_variance(log_scale: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """The per-channel variance of VID's Gaussian: softplus(alpha_c) + eps (always positive)."""
+    return F.softplus(log_scale) + eps
+
+
+def vid_nll(pred_mean: torch.Tensor, target: torch.Tensor, log_scale: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """VID loss: the negative log-likelihood of the teacher's feature under a Gaussian whose mean the
+    student predicts, with a learned variance per channel, up to its constant log(2 pi) / 2:
+    mean over all elements of (t - mu)^2 / (2 sigma_c^2) + log(sigma_c^2) / 2.
+
+    Ahn et al., "Variational Information Distillation for Knowledge Transfer", CVPR 2019, Eqs. 2-5:
+    maximising this variational lower bound of the mutual information between the two networks'
+    features. The mean over elements is RepDistiller's and mdistiller's reduction (the paper sums).
+    `pred_mean` is the student's prediction (after its regressor), `target` the teacher's feature,
+    `log_scale` the C parameters alpha_c of the variances (see vid_variance)."""
+    _require_same_shape("vid_nll", pred_mean, target, "the regressor must map the student's layer to the teacher's shape.")
+    var = vid_variance(log_scale, eps).view(1, -1, *([1] * (target.dim() - 2)))
+    return (0.5 * ((pred_mean - target) ** 2 / var + var.log())).mean()
+
+
+def _finite(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+class _SVD(torch.autograd.Function):
+    """(S, V) of a batch of matrices X = U S V^T (thin SVD), with the standard gradient (Townsend,
+    "Differentiating the Singular Value Decomposition", 2016) in which the terms 1/(s_j^2 - s_i^2)
+    of equal singular values count 0. torch's own gradient is NaN as soon as two singular values
+    are equal (the zeros of a rank-deficient map: a ReLU map with dead channels), even when the loss
+    uses only the leading vectors, whose gradient those terms do not touch; the authors' TensorFlow
+    gradient drops them likewise (removenan)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        u, s, vh = torch.linalg.svd(x, full_matrices=False)
+        v = vh.transpose(-2, -1)
+        ctx.save_for_backward(u, s, v)
+        return s, v
+
+    @staticmethod
+    def backward(ctx, grad_s, grad_v):
+        u, s, v = ctx.saved_tensors
+        s2 = s.pow(2)
+        f = _finite(1.0 / (s2.unsqueeze(-2) - s2.unsqueeze(-1)))  # F_ij = 1 / (s_j^2 - s_i^2), 0 on the diagonal
+        f.diagonal(dim1=-2, dim2=-1).zero_()
+        vt_gv = v.transpose(-2, -1) @ grad_v
+        inner = s.unsqueeze(-1) * (f * (vt_gv - vt_gv.transpose(-2, -1))) + torch.diag_embed(grad_s)
+        grad = u @ inner @ v.transpose(-2, -1)
+        # The part of V's gradient outside V's span (when X has fewer rows than columns).
+        s_inv = _finite(torch.where(s > 0, 1.0 / s, torch.zeros_like(s)))
+        grad = grad + (u * s_inv.unsqueeze(-2)) @ (grad_v - v @ vt_gv).transpose(-2, -1)
+        return _finite(grad)
+
+
+def top_singular_vectors(feat: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, v) of the feature map read as a matrix of H*W positions x C channels: its k largest singular
+    values, L2-normalised together (N, k), and their right singular vectors, unit length over the
+    channels (N, C, k)."""
+    s, v = _SVD.apply(feat.float().flatten(2).transpose(1, 2))  # (SVD has no half-precision kernels)
+    s, v = _finite(s[:, :k]), _finite(v[:, :, :k])
+    return F.normalize(s, dim=1), F.normalize(v, dim=1)
+
+
+def align_singular_vectors(v_s: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
+    """For each of the teacher's singular vectors (N, C, k_t), the student's (N, C, k_s) with the
+    largest |cosine|, its sign flipped to agree: a singular vector's sign is arbitrary."""
+    cosine = v_s.transpose(1, 2) @ v_t  # (N, k_s, k_t)
+    best = cosine.abs().amax(dim=1, keepdim=True)
+    pick = torch.where(cosine.abs() == best, cosine.sign(), torch.zeros_like(cosine))
+    return v_s @ pick
+
+
+def svd_rbf_loss(student_vectors: Sequence[torch.Tensor], teacher_vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The correlation part of KD-SVD: for consecutive layers l-1, l with (N, C, k) vectors, the
+    Gaussian RBF G_ij = exp(-(v_l[i] - v_{l-1}[j])^2 / 8) between their entries (channel i of one
+    layer, channel j of the other, each of the k vectors), and sum over the pairs of ||G_s - G_t||^2,
+    summed over the entries (non-finite ones count 0) and divided by the batch size."""
+    total = 0
+    for (p_s, v_s), (p_t, v_t) in zip(zip(student_vectors, student_vectors[1:]), zip(teacher_vectors, teacher_vectors[1:])):
+        g_s = torch.exp(-(v_s.unsqueeze(2) - p_s.unsqueeze(1)).pow(2) / 8)
+        g_t = torch.exp(-(v_t.unsqueeze(2) - p_t.unsqueeze(1)).pow(2) / 8)
+        total = total + _finite((g_s - g_t.detach()).pow(2)).sum()
+    return total / student_vectors[0].shape[0]
+
+
+def kdsvd_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], k: int = 1
+               ) -> torch.Tensor:
+    """KD-SVD (Lee, Kim & Song, "Self-supervised Knowledge Distillation Using Singular Value
+    Decomposition", ECCV 2018, Sec. 3): the student learns how the dominant singular vectors of
+    consecutive layers relate in the teacher.
+
+    Per layer, each map is compressed by SVD to its k top right singular vectors (the teacher's; the
+    student's k + 3 candidates are matched to them by |cosine| and sign), both scaled by the
+    teacher's normalised singular values; svd_rbf_loss then compares their RBF correlations between
+    consecutive layers. As in RepDistiller's KDSVD (after the authors' TensorFlow code), non-finite
+    values from a degenerate SVD count as 0, and student and teacher layers need equal channel
+    counts (the two G's must have one shape)."""
+    if len(student_feats) != len(teacher_feats) or len(student_feats) < 2:
+        raise ValueError(f"kdsvd_loss: needs at least two layer pairs, got {len(student_feats)} student and "
+                         f"{len(teacher_feats)} teacher layers")
+    student_vectors, teacher_vectors = [], []
+    for i, (f_s, f_t) in enumerate(zip(student_feats, teacher_feats)):
+        _require_maps("kdsvd_loss", student_feat=f_s, teacher_feat=f_t)
+        if f_s.shape[1] != f_t.shape[1]:
+            raise ValueError(f"kdsvd_loss: layer {i} has {f_s.shape[1]} student and {f_t.shape[1]} teacher channels; "
+                             "KD-SVD relates the channels of consecutive layers, so it needs layers of equal widths")
+        s_t, v_t = top_singular_vectors(f_t, k)
+        _, v_s = top_singular_vectors(f_s, k + 3)
+        v_s = align_singular_vectors(v_s, v_t)
+        student_vectors.append(v_s * s_t.unsqueeze(1))
+        teacher_vectors.append(v_t * s_t.unsqueeze(1))
+    return svd_rbf_loss(student_vectors, teacher_vectors)
+
+
+def ofd_margin(bn_weight: torch.Tensor, bn_bias: torch.Tensor, floor: float = 1e-3) -> torch.Tensor:
+    """OFD's margin per channel: E[x | x < 0] for x ~ N(beta, gamma^2), the teacher's batch-norm output
+    before its ReLU (Heo et al., "A Comprehensive Overhaul of Feature Distillation", ICCV 2019,
+    Eq. 4): beta - |gamma| phi(beta/|gamma|) / Phi(-beta/|gamma|); where the negative side holds no
+    more than `floor` of the mass (Phi(-beta/|gamma|) <= 1e-3), -3 |gamma| instead, as in the
+    authors' code."""
+    s = bn_weight.abs().clamp_min(1e-12)
+    z = bn_bias / s
+    tail = torch.special.ndtr(-z)
+    density = torch.exp(-z.pow(2) / 2) / math.sqrt(2 * math.pi)
+    return torch.where(tail > floor, bn_bias - s * density / tail.clamp_min(1e-30), -3 * s)
+
+
+def ofd_loss(student_pre: torch.Tensor, teacher_pre: torch.Tensor, margin: torch.Tensor) -> torch.Tensor:
+    """OFD's partial L2 distance, summed over all elements and divided by the batch size.
+
+    Heo et al., ICCV 2019, Eq. 5-6: the teacher's pre-ReLU feature passes a margin ReLU, target =
+    max(t, m_c); the squared distance counts where the student could still change what the ReLU
+    lets through, (s - target)^2 if s > target or target > 0, and nothing where both are negative
+    enough (s <= target <= 0). `margin` holds one value per channel (dim 1)."""
+    _require_same_shape("ofd_loss", student_pre, teacher_pre, "the connector must map the student's layer to the teacher's shape.")
+    target = torch.max(teacher_pre, margin.view(1, -1, *([1] * (teacher_pre.dim() - 2))))
+    mask = (student_pre > target) | (target > 0)
+    return ((student_pre - target).pow(2) * mask).sum() / student_pre.shape[0]
+
+
+def hcl_loss(student_feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor]) -> torch.Tensor:
+    """ReviewKD's hierarchical context loss (Chen, Liu, Zhao & Jia, "Distilling Knowledge via Knowledge
+    Review", CVPR 2021, Sec. 3.3), summed over the levels: per level, the mean squared error of the
+    maps, and of the maps average-pooled to 4x4, 2x2 and 1x1 (those smaller than the map) with
+    weights 1/2, 1/4, 1/8, the weighted sum divided by the sum of the weights used (the authors'
+    `hcl`)."""
+    total = 0
+    for s, t in zip(student_feats, teacher_feats):
+        _require_same_shape("hcl_loss", s, t, "each fused student level must have the teacher level's shape.")
+        loss, weight, weights = F.mse_loss(s, t), 1.0, 1.0
+        for size in (4, 2, 1):
+            if size >= s.shape[2]:
+                continue
+            weight /= 2
+            loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(s, size), F.adaptive_avg_pool2d(t, size))
+            weights += weight
+        total = total + loss / weights
+    return total

@@ -103,3 +103,34 @@ def mutual_kl(logits: list[torch.Tensor], T: float) -> list[torch.Tensor]:
         others = [soft_target_kl(z_k, z_j.detach(), T) for j, z_j in enumerate(logits) if j != k]
         out.append(torch.stack(others).mean())
     return out
+
+
+def _pearson_rows(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The Pearson correlation of each row of `a` with the same row of `b`: the cosine of the
+    centred rows (eps keeps a constant row finite, as in the authors' code)."""
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inter-class, intra-class) relation losses of DIST (Huang et al., "Knowledge Distillation from A
+    Stronger Teacher", NeurIPS 2022, Eqs. 6-9), each times T^2 as in the authors' code.
+
+    With Y = softmax(Z / T) for a batch (N x C): inter = 1 - mean over the N samples of the Pearson
+    correlation between the student's and the teacher's class distributions (the rows); intra = the
+    same over the C classes, between the columns (how the batch's samples score on one class).
+    Only relations are matched, not values: a teacher much stronger than the student is not asked
+    to be copied exactly."""
+    # In full precision: the correlations of probabilities near 0 need more than bf16's 8 bits.
+    y_s, y_t = F.softmax(student_logits.float() / T, dim=1), F.softmax(teacher_logits.float() / T, dim=1)
+    inter = 1 - _pearson_rows(y_s, y_t).mean()
+    intra = 1 - _pearson_rows(y_s.T, y_t.T).mean()
+    return inter * T * T, intra * T * T
+
+
+def dist_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, T: float = 1.0, beta: float = 1.0,
+              gamma: float = 1.0) -> torch.Tensor:
+    """beta * inter + gamma * intra (DIST, Huang et al., NeurIPS 2022, Eq. 10 without its CE term)."""
+    inter, intra = dist_terms(student_logits, teacher_logits, T)
+    return beta * inter + gamma * intra

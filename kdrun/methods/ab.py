@@ -1,7 +1,11 @@
 """Heo et al. (2019), "Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden
 Neurons" (AAAI): connectors map the student's pre-activations to the teacher's, trained with the
 paper's hinge-like loss so each student neuron is on exactly where the teacher's is. As in the paper,
-by default it is an initialisation stage (`stage1_epochs`) before training on the labels."""
+by default it is an initialisation stage (`stage1_epochs`) before training on the labels.
+
+Layer i of n (shallow to deep) is weighted 2^(i - n + 1): the deepest 1, halving per shallower
+layer, as in the paper and its code (and RepDistiller's ABLoss); the overall weight, 3e-3 by
+default, is their 3/1000 on the per-sample loss."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -16,7 +20,7 @@ from kdrun.methods.base import Batch, KDMethod, adapter, match_spatial
 class AB(KDMethod):
     layer_kind = "preact"
 
-    def __init__(self, weight: float = 0.001, margin: float = 1.0, stage1_epochs: int = 5, joint: bool = False,
+    def __init__(self, weight: float = 0.003, margin: float = 1.0, stage1_epochs: int = 5, joint: bool = False,
                  student_layers: Optional[Sequence[str]] = None, teacher_layers: Optional[Sequence[str]] = None):
         super().__init__(weight, student_layers, teacher_layers, stage1_epochs=stage1_epochs, joint=joint)
         self.margin = margin
@@ -25,5 +29,6 @@ class AB(KDMethod):
         self.adapters = nn.ModuleList(adapter(s.shape, t.shape) for s, t in zip(student_feats, teacher_feats))
 
     def loss(self, batch: Batch) -> torch.Tensor:
-        return sum(activation_boundary(*match_spatial(connector(s), t), margin=self.margin)
-                   for connector, s, t in zip(self.adapters, batch.student_feats, batch.teacher_feats))
+        n = len(self.adapters)
+        return sum(2.0 ** (i - n + 1) * activation_boundary(*match_spatial(connector(s), t), margin=self.margin)
+                   for i, (connector, s, t) in enumerate(zip(self.adapters, batch.student_feats, batch.teacher_feats)))

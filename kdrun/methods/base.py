@@ -3,7 +3,9 @@ teacher on a batch, taps the layers the methods read, and owns the cross-entropy
 method only adds its own term (and any adapters it trains with the student)."""
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
@@ -26,6 +28,7 @@ class Batch:
     teacher_logits: torch.Tensor
     student_feats: List[torch.Tensor] = field(default_factory=list)
     teacher_feats: List[torch.Tensor] = field(default_factory=list)
+    index: Optional[torch.Tensor] = None  # each sample's position in the training split (methods with needs_index)
 
 
 def default_layers(kind: str, layers) -> list[str]:
@@ -58,6 +61,7 @@ class KDMethod(nn.Module):
 
     layer_kind: Optional[str] = None
     pairs_layers = True  # student_layers[i] is compared with teacher_layers[i]
+    needs_index = False  # True: the training loader must hand over each sample's index (Batch.index)
 
     def __init__(self, weight: float, student_layers: Optional[Sequence[str]] = None,
                  teacher_layers: Optional[Sequence[str]] = None, stage1_epochs: int = 0, joint: bool = True):
@@ -118,6 +122,8 @@ def describe(module: nn.Module) -> str:
             parts.append(f"linear {m.in_features}->{m.out_features}")
         elif isinstance(m, nn.BatchNorm2d):
             parts.append("BN")
+        elif isinstance(m, nn.ReLU):
+            parts.append("ReLU")
     return " + ".join(parts) or type(module).__name__
 
 
@@ -175,14 +181,16 @@ class Distiller(MixedPrecision):
         example: Optional[torch.Tensor] = None,
         amp_dtype: Optional[torch.dtype] = None,
         channels_last: bool = False,
+        cuda_graphs: str = "off",
+        label_smoothing: float = 0.0,
     ):
-        super().__init__(amp_dtype, channels_last)
+        super().__init__(amp_dtype, channels_last, cuda_graphs)
         methods = methods or {}
         if methods and teacher is None:
             raise ValueError("KD methods need a teacher")
         self.student = student
         self.methods = nn.ModuleDict(methods)
-        self.ce_weight = ce_weight
+        self.ce_weight, self.label_smoothing = ce_weight, float(label_smoothing)
         # Not registered as a submodule: the teacher is not trained, not saved with the student,
         # and .train() cannot switch it out of eval mode.
         self._teacher = [freeze(teacher)] if teacher is not None and methods else []
@@ -212,10 +220,10 @@ class Distiller(MixedPrecision):
                 teacher_logits = logits_of(self.teacher(x))
         return logits, teacher_logits
 
-    def _batch(self, method: KDMethod, y, logits, teacher_logits) -> Batch:
+    def _batch(self, method: KDMethod, y, logits, teacher_logits, index=None) -> Batch:
         return Batch(labels=y, student_logits=logits, teacher_logits=teacher_logits,
                      student_feats=[self._student_tap.outputs[p] for p in method.student_layers],
-                     teacher_feats=[self._teacher_tap.outputs[p] for p in method.teacher_layers])
+                     teacher_feats=[self._teacher_tap.outputs[p] for p in method.teacher_layers], index=index)
 
     def _dry_pass(self, x: torch.Tensor) -> None:
         """Sizes every method's adapters from real feature shapes and checks that its loss computes,
@@ -247,13 +255,16 @@ class Distiller(MixedPrecision):
         self.student.train(was_training)
 
     def _label_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy, or the student's own label loss of its last forward where it defines one
-        (the soft decision tree's leaf-weighted cross-entropy)."""
+        """Cross-entropy (with label smoothing), or the student's own label loss of its last forward
+        where it defines one (the soft decision tree's leaf-weighted cross-entropy)."""
         own = getattr(self.student, "label_loss", None)
-        return own(y) if own is not None else F.cross_entropy(logits, y)
+        if own is not None:
+            return own(y, self.label_smoothing)
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
-    def _forward(self, x, y, teacher_logits: Optional[torch.Tensor] = None):
-        """`teacher_logits`, when given (cached for un-augmented inputs), replace running the teacher."""
+    def _forward(self, x, y, teacher_logits: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None):
+        """`teacher_logits`, when given (cached for un-augmented inputs), replace running the teacher;
+        `index` is each sample's position in the training split (for methods that need it, CRD's)."""
         logits, teacher_logits = self._run(x, teacher_logits)
         # With weight 0 (a first stage on a KD term alone) there is no CE term at all: a zero-weighted
         # one would still give the classifier zero gradients, and weight decay would then move it.
@@ -261,6 +272,7 @@ class Distiller(MixedPrecision):
         # A student's own regularisers (the soft decision tree's penalty) are terms of their own.
         losses.update({f"loss_{k}": v for k, v in getattr(self.student, "regularizers", dict)().items()})
         for name, method in self.methods.items():
-            losses[f"loss_{name}"] = method.weight * method.loss(self._batch(method, y, logits, teacher_logits))
-        return {"loss": sum(losses.values()), **losses, "logits": logits}
+            losses[f"loss_{name}"] = method.weight * method.loss(self._batch(method, y, logits, teacher_logits, index))
+        # a + b, not sum()'s 0 + a + b: one kernel fewer in every step (the same number).
+        return {"loss": functools.reduce(operator.add, losses.values()), **losses, "logits": logits}
 

@@ -3,9 +3,10 @@ and Transfer Learning" (CVPR): the student matches the teacher's FSP matrices (G
 consecutive stages). As in the paper, by default it is a first stage (`stage1_epochs`) that
 initialises the student, which then trains on the labels (`joint=false`).
 
-The squared distance is averaged over each matrix's C1 x C2 elements (RepDistiller's reduction,
-with its weight 50) instead of the paper's sum: summed, the loss grows with the layers' widths
-(8192 elements for a ResNet's first pair) and diverges at usual learning rates."""
+As in RepDistiller's initialisation stage, the squared distance is averaged over each matrix's
+C1 x C2 elements and the pairs are summed, unweighted (weight 1): the paper's per-matrix sum grows
+with the layers' widths (8192 elements for a ResNet's first pair) and diverges at usual learning
+rates."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -24,7 +25,7 @@ def _consecutive(feats):
 class FSP(KDMethod):
     layer_kind = "stages"
 
-    def __init__(self, weight: float = 50.0, stage1_epochs: int = 5, joint: bool = False,
+    def __init__(self, weight: float = 1.0, stage1_epochs: int = 5, joint: bool = False,
                  student_layers: Optional[Sequence[str]] = None, teacher_layers: Optional[Sequence[str]] = None):
         super().__init__(weight, student_layers, teacher_layers, stage1_epochs=stage1_epochs, joint=joint)
 

@@ -3,9 +3,10 @@
 to reconstruct it, then frozen; a translator on the student's last stage learns to produce the
 paraphraser's "factors", with an L1 distance between L2-normalised factors (paper's p = 1).
 
-The distance is averaged over the factor's elements (the reduction of mmrazor's FTLoss, and of the
-mean-reduced implementations whose tuned weight, beta = 200, is the default here), rather than the
-paper's per-sample sum, so the weight does not depend on the factor's size."""
+The distance is averaged over the factor's elements, as in the authors' code (nn.L1Loss between
+the L2-normalised factors, Jangho-Kim/Factor-Transfer-pytorch), whose weight beta = 500 is the
+default here, rather than the paper's per-sample sum, so the weight does not depend on the factor's
+size. (RepDistiller's beta = 200 belongs to another quantity: a channel-pooled map of the factor.)"""
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -13,6 +14,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from kdrun import distributed
 from kdrun.engine import reseed
 from kdrun.features import FeatureTap
 from kdrun.losses.feature import factor_transfer, paraphraser_reconstruction
@@ -40,7 +42,7 @@ class Paraphraser(nn.Module):
 class FT(KDMethod):
     layer_kind = "last"
 
-    def __init__(self, weight: float = 200.0, p: float = 1.0, rate: float = 0.5, paraphraser_epochs: int = 5,
+    def __init__(self, weight: float = 500.0, p: float = 1.0, rate: float = 0.5, paraphraser_epochs: int = 5,
                  paraphraser_lr: float = 0.01, student_layers: Optional[Sequence[str]] = None,
                  teacher_layers: Optional[Sequence[str]] = None):
         super().__init__(weight, student_layers, teacher_layers)
@@ -74,12 +76,13 @@ class FT(KDMethod):
         self.paraphraser.requires_grad_(True).train()
         optimizer = torch.optim.SGD(self.paraphraser.parameters(), lr=self.paraphraser_lr, momentum=0.9)
         tap = FeatureTap(teacher, self.teacher_layers, "teacher")
+        paraphraser = distributed.wrap(self.paraphraser)  # under DDP each process reconstructs its shard
         for _ in range(self.paraphraser_epochs):
             for x, _y in data.loader("train", 128, shuffle=True):
                 with torch.no_grad(), tap:
                     teacher(x.to(device))
                 feat = tap.outputs[self.teacher_layers[0]]
-                loss = paraphraser_reconstruction(self.paraphraser(feat), feat)
+                loss = paraphraser_reconstruction(paraphraser(feat), feat)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -1,7 +1,8 @@
 """Model registry (timm-style): small factory functions registered by name.
 
 `build_model(name, num_classes, in_channels, image_size)` looks first in kdrun's own zoo and then
-in torchvision's classifiers, so any torchvision model works without code.
+in torchvision's classifiers, so any torchvision model works without code; `library="timm"` looks in
+timm instead, and `target` calls a factory of the user's own (kdrun.custom).
 """
 from __future__ import annotations
 
@@ -60,14 +61,38 @@ def build_model(
     in_channels: int,
     image_size: int,
     min_input_size: int | None = None,
+    pretrained=False,
+    target: str | None = None,
+    library: str | None = None,
     **kwargs,
 ) -> nn.Module:
-    if name in _REGISTRY:
+    if target or (name in _REGISTRY and library is None):
+        if pretrained is not False:
+            raise KdrunError(f"model {name} (pretrained={pretrained}): published weights exist for torchvision's and "
+                             "timm's models only; set pretrained=false (or load yours with teacher.checkpoint)")
+    if target:
+        from kdrun.custom import build_custom_model
+
+        model = build_custom_model(target, num_classes, in_channels, image_size, kwargs)
+    elif library == "timm":
+        from kdrun.models.timm_models import build_timm
+
+        model = build_timm(name, num_classes, in_channels, pretrained, **kwargs)
+    elif name in _REGISTRY:
+        import inspect
+
+        accepted = inspect.signature(_REGISTRY[name]).parameters
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            options = [p for p in accepted if p not in ("num_classes", "in_channels", "image_size")]
+            raise KdrunError(f"model {name}: no argument {', '.join(map(repr, unknown))} (its kwargs are "
+                             f"{', '.join(options) or 'none'}): check the model's kwargs")
         model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     else:
         from kdrun.models.tv import build_torchvision
 
-        model = build_torchvision(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+        model = build_torchvision(name, num_classes=num_classes, in_channels=in_channels, pretrained=pretrained,
+                                  **kwargs)
     if min_input_size and image_size < min_input_size:
         model.register_forward_pre_hook(_upsample_to(min_input_size))
     return model
@@ -104,12 +129,62 @@ def logits_of(output) -> torch.Tensor:
 def build_from_config(node, data) -> nn.Module:
     """Builds the model a teacher/student config node describes, sized for a DataBundle."""
     return build_model(node.name, data.num_classes, data.in_channels, data.image_size, node.min_input_size,
-                       **node.kwargs)
+                       pretrained=node.get("pretrained", False), target=node.get("target"),
+                       library=node.get("library"), **node.kwargs)
+
+
+def pretrained_of(model: nn.Module) -> dict | None:
+    """For a model built with published weights: {"weights": their name, "num_classes": the classes they
+    were trained for, "file": where they are}; None otherwise."""
+    return getattr(model, "_kdrun_pretrained", None)
+
+
+def weights_identity(node) -> str | None:
+    """The published weights a config node asks for, resolved without downloading (`true` becomes the
+    library's current default), for digests: None without them."""
+    pretrained = node.get("pretrained", False)
+    if pretrained is False or node.get("target") or (node.name in _REGISTRY and node.get("library") is None):
+        return None
+    if node.get("library") == "timm":
+        from kdrun.models.timm_models import full_name
+
+        return f"timm {full_name(node.name, pretrained)}"
+    from kdrun.models.tv import resolve_weights, weights_file
+
+    weights = resolve_weights(node.name, pretrained)
+    return f"{weights} ({weights_file(weights).name})"
+
+
+# Bump when model_meta() records something new: load_model() says what an older file lacks.
+META_FORMAT = 2
 
 
 def model_meta(node, data) -> dict:
-    """What a weights file must match to be loaded into the model of `node` on `data`."""
-    return {"arch": node.name, "num_classes": data.num_classes, "in_channels": data.in_channels}
+    """What every weights file records beside the weights: what it must match to be loaded
+    (arch, num_classes, in_channels: kdrun.checkpoint.load_weights checks them), and what rebuilds
+    and feeds the model without the run's config (kdrun.export.load_model): where the model comes
+    from (`library`: timm; `target`: your own factory) and the factory's kwargs, the input size and
+    normalisation, min_input_size, the class names, whether the first convolution of a torchvision
+    model was rebuilt for the data's channels, and the dataset. (Published weights a model started
+    from are not needed to rebuild it: the file holds its weights.)"""
+    from omegaconf import OmegaConf
+
+    kwargs = OmegaConf.to_container(node.kwargs, resolve=True) if OmegaConf.is_config(node.kwargs) else dict(node.kwargs)
+    library, target = node.get("library"), node.get("target")
+    return {"arch": node.name, "num_classes": data.num_classes, "in_channels": data.in_channels,
+            "meta_format": META_FORMAT, "library": library, "target": target, "kwargs": kwargs,
+            "image_size": data.image_size,
+            "min_input_size": node.min_input_size, "mean": list(data.config.get("mean", [])),
+            "std": list(data.config.get("std", [])), "classes": data.classes,
+            "first_conv_rebuilt": rebuilds_first_conv(node.name, data.in_channels, library, target),
+            "dataset": data.config}
 
 
-from kdrun.models import lenet, mlp, soft_tree  # noqa: E402,F401  (registers the zoo)
+def rebuilds_first_conv(name: str, in_channels: int, library: str | None = None, target: str | None = None) -> bool:
+    """Whether build_model() swaps the first Conv2d of a stock torchvision model for one that takes
+    `in_channels` (kdrun.models.tv): its weights then load only into a model adapted the same way.
+    (timm builds its models for any channel count itself; kdrun's and your own are built for them.)"""
+    return target is None and library is None and name not in _REGISTRY and in_channels != 3
+
+
+from kdrun.models import cifar, lenet, mlp, soft_tree  # noqa: E402,F401  (registers the zoo)

@@ -149,9 +149,12 @@ class SoftTree(nn.Module):
         # Zero-initialised averages are biased alike, so their ratio is not: a_i is right from batch 1.
         return num / den.clamp_min(1e-12)
 
-    def label_loss(self, target: torch.Tensor) -> torch.Tensor:
-        """The leaf-weighted cross-entropy of the last training batch."""
+    def label_loss(self, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """The leaf-weighted cross-entropy of the last training batch, against labels (N,) or
+        distributions (N, C); with label smoothing, against (1 - e) one-hot + e / C."""
         log_leaf, log_q, _ = self._trained()
+        if label_smoothing and target.dim() == 1:
+            target = F.one_hot(target, log_q.shape[1]).float() * (1 - label_smoothing) + label_smoothing / log_q.shape[1]
         return leaf_weighted_ce(log_leaf, log_q, target)
 
     def regularizers(self) -> Dict[str, torch.Tensor]:

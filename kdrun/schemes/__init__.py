@@ -31,7 +31,7 @@ class RunContext:
 
 def example_batch(data: DataBundle, device: torch.device, size: int = 4) -> torch.Tensor:
     """A few real training images, for the dry forward pass that sizes adapters."""
-    x, _ = next(iter(data.loader("train", size)))
+    x, _ = next(iter(data.loader("train", size, shard=False)))  # the same images on every process
     return x.to(device)
 
 

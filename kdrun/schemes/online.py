@@ -25,17 +25,18 @@ class Mutual(MixedPrecision):
     Each peer's loss depends on its own parameters only (the others' predictions are detached), so
     one optimizer over all peers updates each as its own optimizer would."""
 
-    def __init__(self, peers: Dict[str, nn.Module], ce_weight: float, kd_weight: float, T: float, **speed):
+    def __init__(self, peers: Dict[str, nn.Module], ce_weight: float, kd_weight: float, T: float,
+                 label_smoothing: float = 0.0, **speed):
         super().__init__(**speed)
         self.student = nn.ModuleDict(peers)  # what fit() trains and checkpoints
         self.methods = nn.ModuleDict()  # no adapters
-        self.ce_weight, self.kd_weight, self.T = ce_weight, kd_weight, T
+        self.ce_weight, self.kd_weight, self.T, self.label_smoothing = ce_weight, kd_weight, T, label_smoothing
 
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
         logits = [logits_of(peer(x)) for peer in self.student.values()]
         out: Dict[str, torch.Tensor] = {}
         for name, z, kl in zip(self.student, logits, mutual_kl(logits, self.T)):
-            ce, dml = self.ce_weight * F.cross_entropy(z, y), self.kd_weight * kl
+            ce, dml = self.ce_weight * F.cross_entropy(z, y, label_smoothing=self.label_smoothing), self.kd_weight * kl
             out.update({f"{name}/loss": ce + dml, f"{name}/loss_ce": ce, f"{name}/loss_dml": dml, f"{name}/logits": z})
         out["loss"] = sum(out[f"{name}/loss"] for name in self.student)
         return out
@@ -59,7 +60,8 @@ def run(ctx: RunContext) -> dict:
         peers[name] = accelerate(build_from_config(node, data).to(device), cfg, device)
     if cfg.dry_run:
         return {"layers": []}
-    cohort = Mutual(peers, ce_weight(cfg), kd_weight, T, **speed_settings(cfg, device, nn.ModuleList(peers.values())))
+    cohort = Mutual(peers, ce_weight(cfg), kd_weight, T, cfg.student.label_smoothing,
+                    **speed_settings(cfg, device, nn.ModuleList(peers.values())))
     ckpt_dir = ctx.run_dir / "checkpoints"
     results = fit(cohort, data, cfg.student, student_epochs(cfg), device, ckpt_dir, "online", ctx.metrics,
                   seed=cfg.seed, resume=cfg.resume, config_digest=ctx.config_digest, progress=cfg.progress,
@@ -67,9 +69,10 @@ def run(ctx: RunContext) -> dict:
                   members={name: (peer, model_meta(nodes[name], data)) for name, peer in peers.items()})
     models = best_reports(peers, results, {name: node.name for name, node in nodes.items()}, data, device)
     if cfg.scheme.peers is None:
-        return {"teacher": {**models["teacher"], "source": "online"}, "student": models["student"], "models": models}
+        return {"teacher": {**models["teacher"], "source": "online"}, "student": models["student"], "models": models,
+                "modules": peers}
     # The headline student is the peer that validates best (the test set selects nothing).
     best = max(models, key=lambda n: (models[n]["best_val_acc"] or 0.0, -list(models).index(n)))
     mean = sum(m["test_acc"] for m in models.values()) / len(models)
     return {"teacher": None, "student": {**models[best], "peer": best}, "models": models,
-            "peers_mean_test_acc": mean}
+            "peers_mean_test_acc": mean, "modules": {**peers, "student": peers[best]}}

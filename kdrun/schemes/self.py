@@ -10,7 +10,7 @@ from kdrun.checkpoint import load_weights
 from kdrun.methods import build_methods
 from kdrun.models import build_from_config, model_meta
 from kdrun.schemes import RunContext, teacher_not_used
-from kdrun.schemes.offline import distill
+from kdrun.schemes.offline import check_layers, distill
 from kdrun.teachers import Ensemble, test_report
 
 
@@ -26,6 +26,8 @@ def run(ctx: RunContext) -> dict:
         load_weights(model, ctx.run_dir / "checkpoints" / f"{name}_best.pt", name, **model_meta(cfg.student, data))
         return model.to(device)
 
+    if not cfg.dry_run:  # generation 1's layers, checked before generation 0 trains
+        check_layers(cfg, build_methods(cfg.kd, cfg.student, cfg.student), cfg.student, data, device)
     out = distill(ctx, {}, None, None, role="gen0")
     if cfg.dry_run:  # shows the layers generation 1 would read from generation 0
         previous = build_from_config(cfg.student, data).to(device)
@@ -42,4 +44,5 @@ def run(ctx: RunContext) -> dict:
     last = f"gen{cfg.scheme.generations}"
     return {"teacher": {**generations["gen0"], "source": "gen0"}, "student": generations[last],
             "models": generations,
-            "ensemble": {"arch": f"ensemble of gen0..{last}", **test_report(ensemble, data, device)}}
+            "ensemble": {"arch": f"ensemble of gen0..{last}", **test_report(ensemble, data, device)},
+            "modules": {**members, "teacher": members["gen0"], "student": members[last], "ensemble": ensemble}}

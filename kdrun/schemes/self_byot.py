@@ -72,8 +72,9 @@ class SelfDistiller(MixedPrecision):
 
     def __init__(self, student: nn.Module, head_paths: List[str], deepest: str, num_classes: int,
                  example: torch.Tensor, ce_weight: float, kd_weight: float, feature_weight: float, T: float,
-                 **speed):
+                 label_smoothing: float = 0.0, **speed):
         super().__init__(**speed)
+        self.label_smoothing = label_smoothing
         self.student, self.head_paths, self.deepest = student, list(head_paths), deepest
         self.ce_weight, self.kd_weight, self.feature_weight, self.T = ce_weight, kd_weight, feature_weight, T
         self._tap = FeatureTap(student, [*self.head_paths, deepest], "student")
@@ -95,16 +96,19 @@ class SelfDistiller(MixedPrecision):
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
         with self._tap:
             z = logits_of(self.student(x))
-        ce = F.cross_entropy(z, y)
+        ce = F.cross_entropy(z, y, label_smoothing=self.label_smoothing)
         out = {"student/loss": ce, "student/loss_ce": ce, "student/logits": z}
         # The deepest classifier teaches: its outputs are targets, not paths for the heads' gradients.
         target_z, target_f = z.detach(), pooled(self._tap.outputs[self.deepest]).detach()
-        for (name, head), path in zip(self.methods.items(), self.head_paths):
+        for i, ((name, head), path) in enumerate(zip(self.methods.items(), self.head_paths)):
             f, z_i = head(self._tap.outputs[path])
-            terms = {"loss_ce": self.ce_weight * F.cross_entropy(z_i, y),
+            terms = {"loss_ce": self.ce_weight * F.cross_entropy(z_i, y, label_smoothing=self.label_smoothing),
                      # The paper's KL has no T^2 factor (Hinton's has): alpha = 0.3 is tuned without it.
-                     "loss_kd": self.kd_weight * soft_target_kl(z_i, target_z, self.T) / self.T ** 2,
-                     "loss_hint": self.feature_weight * byot_hint(f, target_f)}
+                     "loss_kd": self.kd_weight * soft_target_kl(z_i, target_z, self.T) / self.T ** 2}
+            # The authors' code hints every head but the one nearest the deepest classifier (its
+            # `index != 1` over the outputs, which it orders deepest first).
+            if i < len(self.head_paths) - 1:
+                terms["loss_hint"] = self.feature_weight * byot_hint(f, target_f)
             out.update({f"{name}/{k}": v for k, v in terms.items()})
             out.update({f"{name}/loss": sum(terms.values()), f"{name}/logits": z_i})
         out["loss"] = sum(v for k, v in out.items() if k.endswith("/loss"))
@@ -128,7 +132,7 @@ def run(ctx: RunContext) -> dict:
     reseed(cfg.seed, "student")
     student = accelerate(build_from_config(cfg.student, data).to(device), cfg, device)
     model = SelfDistiller(student, heads, deepest[0], data.num_classes, example_batch(data, device),
-                          1.0 - kd_weight, kd_weight, cfg.scheme.feature_weight, T,
+                          1.0 - kd_weight, kd_weight, cfg.scheme.feature_weight, T, cfg.student.label_smoothing,
                           **speed_settings(cfg, device, student))
     if cfg.dry_run:
         return {"layers": []}
@@ -144,4 +148,5 @@ def run(ctx: RunContext) -> dict:
     models.update(best_reports(views, results, archs, data, device))
     for name, path in zip(views, heads):
         models[name]["layer"] = path
-    return {"teacher": None, "student": models["student"], "models": models}
+    return {"teacher": None, "student": models["student"], "models": models,
+            "modules": {"student": student, **views}}
