@@ -71,6 +71,7 @@ def test_multirun_2x2_trains_the_teacher_exactly_once(tmp_path):
 
 
 @needs_mnist
+@pytest.mark.slow  # `make test-slow` runs it; the joblib launcher's test (two jobs, one teacher) stays in `make test`
 def test_jobs_starting_together_share_one_teacher(tmp_path):
     """Two processes racing for the same teacher: the file lock lets exactly one train it."""
     import os

@@ -334,7 +334,7 @@ def test_ctrl_c_during_start_up_is_one_line(tmp_path):
     env = {**os.environ, "KDRUN_DATA_DIR": str(DATA_DIR)}
     proc = subprocess.Popen([sys.executable, "-m", "kdrun", *BASE, f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)  # importing torch and composing the config: long before any training
+    time.sleep(0.5)  # importing torch and composing the config: long before any training (and its end)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and "Traceback" not in err, err

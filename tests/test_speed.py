@@ -49,7 +49,8 @@ def test_exclude_classes_leaves_them_out_of_training():
 def test_tiny_reproduction_writes_the_report_with_every_row(tmp_path):
     from kdrun.reproduce import main
 
-    main([str(tmp_path / "out"), "--omit3", "--", "dataset.train_subset=400", "teacher.epochs=1", "epochs=1",
+    main([str(tmp_path / "out"), "--omit3", "--", "dataset.train_subset=400", "dataset.test_subset=1000",
+          "teacher.epochs=1", "epochs=1",
           "progress=false", f"teacher_cache={tmp_path / 'teachers'}", f"data_dir={DATA_DIR}"])
     report = (tmp_path / "out" / "report.md").read_text()
     for row in ("| teacher 1200-1200", "| student 800-800, labels only", "| student 800-800, distilled at T=20",

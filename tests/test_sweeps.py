@@ -324,6 +324,7 @@ def test_joblib_launcher_with_two_workers_trains_one_teacher(tmp_path):
     assert [r["status"] for r in _csv(sweep / "summary.csv")] == ["ok", "ok"]
 
 
+@pytest.mark.slow  # `make test-slow` runs it; the joblib launcher's test keeps a launcher in `make test`
 def test_submitit_local_launcher(tmp_path):
     sweep = tmp_path / "sweep"
     kdrun_cli("-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5", *FAKE, "kd=none", "seed=0,1",
@@ -332,6 +333,7 @@ def test_submitit_local_launcher(tmp_path):
     assert [(r["seed"], r["status"]) for r in _csv(sweep / "summary.csv")] == [("0", "ok"), ("1", "ok")]
 
 
+@pytest.mark.slow  # a whole Optuna search: `make test-slow` runs it, to keep `make test` within 5 minutes
 def test_optuna_search_maximises_the_validation_accuracy(tmp_path):
     sweep = tmp_path / "sweep"
     kdrun_cli("-m", "hydra/sweeper=kd_optuna", "hydra.sweeper.n_trials=3", *FAKE, f"hydra.sweep.dir={sweep}",
