@@ -27,10 +27,10 @@ JOBS = {"scratch": ["kd=none", "deploy_report=false"], "distilled": ["kd=hinton"
         "omit3": ["kd=hinton", "student.exclude_classes=[3]", "deploy_report=false"]}
 
 
-def run_job(name: str, out: Path, preset: str, overrides: list[str]) -> dict:
-    """One kdrun run into OUT/<name>; a complete one is reused (resume=true)."""
+def run_job(name: str, out: Path, preset: str, overrides: list[str], jobs: dict = JOBS) -> dict:
+    """One kdrun run (of `jobs[name]`) into OUT/<name>; a complete one is reused (resume=true)."""
     run_dir = out / name
-    cmd = [sys.executable, "-m", "kdrun", f"+experiment={preset}", *JOBS[name], *overrides, "resume=true",
+    cmd = [sys.executable, "-m", "kdrun", f"+experiment={preset}", *jobs[name], *overrides, "resume=true",
            f"hydra.run.dir={run_dir}"]
     print(f"== {name}: kdrun {' '.join(cmd[3:])}", flush=True)
     if subprocess.run(cmd).returncode != 0:
@@ -135,16 +135,22 @@ def _plot(path: Path, rows) -> None:
     plt.close(fig)
 
 
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments before a `--`; those after it (kdrun overrides for every run) are `args.overrides`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    args.overrides = argv[split + 1:]
+    return args
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m kdrun.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output folder (e.g. outputs/reproduce-mnist)")
     parser.add_argument("--preset", default="hinton_mnist", help="configs/experiment/<preset>.yaml")
     parser.add_argument("--omit3", action="store_true", help="also the transfer set without any 3")
     parser.epilog = "kdrun overrides for every run follow a --: python -m kdrun.reproduce OUT -- teacher.epochs=100"
-    argv = list(sys.argv[1:] if argv is None else argv)
-    split = argv.index("--") if "--" in argv else len(argv)
-    args = parser.parse_args(argv[:split])
-    args.overrides = argv[split + 1:]  # kdrun overrides for every run
+    args = parse_with_overrides(parser, argv)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
         names = ["scratch", "distilled"] + (["omit3"] if args.omit3 else [])

@@ -25,7 +25,7 @@ def options(group: str) -> list[str]:
 
 def test_the_groups_hold_what_the_readme_promises():
     models = {"mlp1200", "mlp800", "lenet5", "resnet18", "resnet34", "resnet50", "mobilenetv2",
-              "mobilenetv3_small", "shufflenetv2", "efficientnet_b0", "vgg11", "torchvision", "timm", "custom"} | CIFAR_MODELS
+              "mobilenetv3_small", "shufflenetv2", "efficientnet_b0", "vgg11", "torchvision", "timm", "custom", "soft_tree"} | CIFAR_MODELS
     assert set(options("teacher")) == set(options("student")) == models
     assert set(options("dataset")) == {"mnist", "fashion_mnist", "cifar10", "cifar100", "image_folder", "imagenet",
                                        "fake", "custom"}

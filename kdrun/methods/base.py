@@ -254,14 +254,23 @@ class Distiller(MixedPrecision):
                                                              method.teacher_layers, batch.teacher_feats)))
         self.student.train(was_training)
 
+    def _label_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy (with label smoothing), or the student's own label loss of its last forward
+        where it defines one (the soft decision tree's leaf-weighted cross-entropy)."""
+        own = getattr(self.student, "label_loss", None)
+        if own is not None:
+            return own(y, self.label_smoothing)
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
     def _forward(self, x, y, teacher_logits: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None):
         """`teacher_logits`, when given (cached for un-augmented inputs), replace running the teacher;
         `index` is each sample's position in the training split (for methods that need it, CRD's)."""
         logits, teacher_logits = self._run(x, teacher_logits)
         # With weight 0 (a first stage on a KD term alone) there is no CE term at all: a zero-weighted
         # one would still give the classifier zero gradients, and weight decay would then move it.
-        losses = ({"loss_ce": self.ce_weight * F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)}
-                  if self.ce_weight else {})
+        losses = {"loss_ce": self.ce_weight * self._label_loss(logits, y)} if self.ce_weight else {}
+        # A student's own regularisers (the soft decision tree's penalty) are terms of their own.
+        losses.update({f"loss_{k}": v for k, v in getattr(self.student, "regularizers", dict)().items()})
         for name, method in self.methods.items():
             losses[f"loss_{name}"] = method.weight * method.loss(self._batch(method, y, logits, teacher_logits, index))
         # a + b, not sum()'s 0 + a + b: one kernel fewer in every step (the same number).

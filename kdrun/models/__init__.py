@@ -23,6 +23,34 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+_KWARGS_CHECKS: Dict[str, Callable[..., None]] = {}
+
+
+def register_kwargs_check(name: str):
+    """Registers a model's check of its kwargs: it takes them as keyword arguments and raises
+    ValueError("key=value: why") for a bad one. config.check runs it before any data is read."""
+
+    def register(fn: Callable[..., None]) -> Callable[..., None]:
+        _KWARGS_CHECKS[name] = fn
+        return fn
+
+    return register
+
+
+def check_kwargs(setting: str, name: str, kwargs) -> None:
+    """Runs the kwargs check of model `name`, if it has one; `setting` (student, teacher...) names
+    the config node in the message."""
+    check = _KWARGS_CHECKS.get(name)
+    if check is None:
+        return
+    try:
+        check(**kwargs)
+    except ValueError as e:
+        raise KdrunError(f"{setting}.kwargs.{e}") from None
+    except TypeError as e:  # an argument the model does not take
+        raise KdrunError(f"{setting}.kwargs: {e}; see the model's keys in the README") from None
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
@@ -159,4 +187,4 @@ def rebuilds_first_conv(name: str, in_channels: int, library: str | None = None,
     return target is None and library is None and name not in _REGISTRY and in_channels != 3
 
 
-from kdrun.models import cifar, lenet, mlp  # noqa: E402,F401  (registers the zoo)
+from kdrun.models import cifar, lenet, mlp, soft_tree  # noqa: E402,F401  (registers the zoo)
