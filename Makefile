@@ -27,7 +27,7 @@ install: $(STAMP) ## Create .venv and install kdrun, its dependencies, the sweep
 
 # One worker per core, each with one math thread: the tests are mostly Python and small tensors,
 # so two single-threaded workers finish about 1.7x sooner than one two-threaded run on 2 cores.
-test: $(STAMP) ## Run the fast test suite (about 2 minutes on 2 CPU cores)
+test: $(STAMP) ## Run the fast test suite (about 3.5 minutes on 2 CPU cores)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses=4
 
 test-slow: $(STAMP) ## Run the long tests too
