@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -163,30 +164,46 @@ def mlp_case(args, device) -> dict:
     if device.type == "cuda":
         cases["a0"] = ("student alone, cuda_graphs=off", student_distiller(False, "off"), tensor_loader)
         cases["c0"] = ("KD, cached logits, cuda_graphs=off", student_distiller(True, "off"), cached_loader)
-    results = {key: _throughput(d, loader, args.steps, device, recipe, data if key != "d" else None)
-               for key, (_, d, loader) in cases.items()}
-    replay = {key: REPLAY[id(d)] for key, (_, d, _) in cases.items() if id(d) in REPLAY}
     if args.bare:
-        reseed(cfg.seed, "student")
-        student = accelerate(build_from_config(cfg.student, data).to(device), cfg, device)
-        speed = speed_settings(cfg, device, student)
-        results["bare"] = _bare_rate(student, teacher, data, device, recipe, args.steps, cfg, speed)
         cases["bare"] = ("bare eager PyTorch KD step (tensors in memory)", None, None)
-    print(f"kdrun bench, MLP case: {cfg.teacher.name} -> {cfg.student.name}, batch {bs}, {args.steps} steps per case")
+
+    def rate(key: str) -> float:
+        if key == "bare":
+            reseed(cfg.seed, "student")
+            student = accelerate(build_from_config(cfg.student, data).to(device), cfg, device)
+            speed = speed_settings(cfg, device, student)
+            return _bare_rate(student, teacher, data, device, recipe, args.steps, cfg, speed)
+        _, d, loader = cases[key]
+        return _throughput(d, loader, args.steps, device, recipe, data if key != "d" else None)
+
+    # Every case once per round, the rounds one after another: a slow spell of a shared machine then
+    # slows every case of a round alike, and the per-round ratios and the medians stay comparable.
+    rounds = [{key: rate(key) for key in cases} for _ in range(args.rounds)]
+    results = {key: statistics.median(r[key] for r in rounds) for key in cases}
+    replay = {key: REPLAY[id(d)] for key, (_, d, _) in cases.items() if id(d) in REPLAY}
+    print(f"kdrun bench, MLP case: {cfg.teacher.name} -> {cfg.student.name}, batch {bs}, {args.steps} steps per case "
+          f"and round, median of {args.rounds} round(s)")
     for key, (label, _, _) in cases.items():
-        print(f"  ({key}) {label:<52} {results[key]:>10,.0f} images/s")
-    ratios = {"c/a": results["c"] / results["a"], "c/d": results["c"] / results["d"]}
-    print(f"  (c)/(a) = {ratios['c/a']:.2f}  (target >= 0.95: KD with cached logits costs about what the student alone does)")
-    print(f"  (c)/(d) = {ratios['c/d']:.2f}  (target >= 3: against the usual DataLoader + live teacher)")
+        spread = f"  ({min(r[key] for r in rounds):,.0f}-{max(r[key] for r in rounds):,.0f})" if args.rounds > 1 else ""
+        print(f"  ({key}) {label:<52} {results[key]:>10,.0f} images/s{spread}")
+    ratios = {}
+
+    def ratio(num: str, den: str, note: str, name: str | None = None) -> None:
+        per_round = [r[num] / r[den] for r in rounds]
+        ratios[name or f"{num}/{den}"] = statistics.median(per_round)
+        spread = f" (rounds {min(per_round):.2f}-{max(per_round):.2f})" if args.rounds > 1 else ""
+        print(f"  ({num})/({den}) = {statistics.median(per_round):.2f}{spread}  {note}".replace("(bare)", "bare"))
+
+    ratio("c", "a", "(target >= 0.95: KD with cached logits costs about what the student alone does)")
+    ratio("c", "d", "(target >= 3: against the usual DataLoader + live teacher)")
     if "a0" in results:
-        ratios.update({"a/a0": results["a"] / results["a0"], "c/c0": results["c"] / results["c0"]})
-        print(f"  CUDA graphs: (a)/(a0) = {ratios['a/a0']:.2f}, (c)/(c0) = {ratios['c/c0']:.2f}")
+        ratio("a", "a0", "(CUDA graphs on / off, the student alone)")
+        ratio("c", "c0", "(CUDA graphs on / off, KD with cached logits)")
     for key, value in replay.items():
         results[f"replay_{key}"] = value
         print(f"  ({key}) the captured step replayed alone (the device's pace)  {value:>10,.0f} images/s")
     if "bare" in results:
-        ratios["b/bare"] = results["b"] / results["bare"]
-        print(f"  (b)/bare = {ratios['b/bare']:.2f}  (kdrun's live-teacher KD step against the bare eager one)")
+        ratio("b", "bare", "(kdrun's live-teacher KD step against the bare eager one)")
     return {**results, **ratios}
 
 
@@ -275,12 +292,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=300, help="timed training steps per MLP case")
     parser.add_argument("--cnn-steps", type=int, default=0, help="timed steps per CNN pass (0: 200 on CUDA, 12 on CPU)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers in case (d)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="MLP case: run every case this many times, interleaved, and print the medians")
     parser.add_argument("--no-bare", dest="bare", action="store_false", help="skip the bare PyTorch reference loops")
     parser.add_argument("--no-cnn", dest="cnn", action="store_false", help="skip the CNN case")
     parser.add_argument("--world-sizes", default="1,2", help="case (e): DDP world sizes (empty: skip the case)")
     parser.add_argument("--ddp-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds={args.rounds}: at least 1")
     if args.ddp_worker:
         return _ddp_worker(_compose(["progress=false", *args.overrides]), args.steps)
     from kdrun.run import pick_device

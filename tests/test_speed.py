@@ -3,6 +3,7 @@ measured by `make bench`, which prints numbers)."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -72,12 +73,14 @@ def test_bench_prints_every_case(capsys):
 
     # Case (e) launches torchrun once per world size: one process here (the 2-process runs are tested in
     # test_distributed.py).
-    result = main(["--steps", "3", "--workers", "0", "--world-sizes", "1", "--cnn-steps", "1", "dataset.train_subset=1000",
+    result = main(["--steps", "3", "--rounds", "2", "--workers", "0", "--world-sizes", "1", "--cnn-steps", "1", "dataset.train_subset=1000",
                    "student.batch_size=8", f"data_dir={DATA_DIR}"])
     out = capsys.readouterr().out
     for case in ("(a) student alone", "(b) KD, live teacher", "(c) KD, cached teacher logits", "(d) KD, live teacher, "
                  "DataLoader", "(c)/(a) =", "(c)/(d) =", "(bare) bare eager PyTorch KD step", "CNN case: resnet50 -> "
                  "mobilenet_v2", "kdrun KD step, first pass", "kdrun first pass / bare =", "peak memory",
-                 "(e) torchrun --nproc_per_node=1"):
+                 "(e) torchrun --nproc_per_node=1", "median of 2 round(s)", "(c)/(a) = ", "(b)/bare = "):
         assert case in out, case
+    # Each ratio is the median of the rounds' own ratios, and its spread over the rounds is printed.
+    assert re.search(r"\(c\)/\(a\) = [0-9.]+ \(rounds [0-9.]+-[0-9.]+\)", out), out
     assert all(result[k] > 0 for k in ["a", "b", "c", "d", "bare", "cnn_first", "cnn_bare"]) and result["ddp"][1] > 0
