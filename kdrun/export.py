@@ -413,9 +413,15 @@ def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def eval_main(argv: Optional[list] = None) -> dict:
+def eval_main(argv: Optional[list] = None) -> None:
+    """The `kdrun-eval` command. It returns None: a console script exits with what its function returns,
+    and any other value would be printed to stderr and end the command with status 1."""
+    eval_cli(argv)
+
+
+def eval_cli(argv: Optional[list] = None) -> dict:
     """`kdrun-eval RUN_DIR_or_CHECKPOINT [dataset overrides]`: top-1/top-5, per-class accuracy and a
-    confusion matrix PNG, without training."""
+    confusion matrix PNG, without training; returns the results it wrote."""
     from rich.console import Console
     from rich.table import Table
 
@@ -449,8 +455,14 @@ def eval_main(argv: Optional[list] = None) -> dict:
     return result
 
 
-def export_main(argv: Optional[list] = None) -> dict:
-    """`kdrun-export RUN_DIR_or_CHECKPOINT --format onnx|torchscript|safetensors [--out PATH]`."""
+def export_main(argv: Optional[list] = None) -> None:
+    """The `kdrun-export` command (returns None, as `eval_main`)."""
+    export_cli(argv)
+
+
+def export_cli(argv: Optional[list] = None) -> dict:
+    """`kdrun-export RUN_DIR_or_CHECKPOINT --format onnx|torchscript|safetensors [--out PATH]`; returns
+    what it wrote and how the export was checked."""
     parser = _parser("kdrun-export", "Export a model kdrun trained (the student by default) with its preprocessing, "
                                      "and check the export against PyTorch on real test images.")
     parser.add_argument("--format", required=True, choices=list(FORMATS))

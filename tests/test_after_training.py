@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ import kdrun
 from kdrun import KdrunError
 from kdrun.checkpoint import load_weights
 from kdrun.data import build_data
-from kdrun.export import eval_main, evaluate, export_main, load_model
+from kdrun.export import eval_cli, eval_main, evaluate, export_main, load_model
 from kdrun.models import build_model, count_parameters, model_meta
 from kdrun.run import run
 from tests.conftest import ROOT, make_cfg
@@ -133,7 +134,7 @@ def test_load_model_reproduces_the_run_test_accuracy_exactly(runs):
 
 
 def test_kdrun_eval_reproduces_the_summary_and_writes_the_confusion_matrix(runs, tmp_path, capsys):
-    result = eval_main([str(runs["dir"]), "--out", str(tmp_path)])
+    result = eval_cli([str(runs["dir"]), "--out", str(tmp_path)])
     student = runs["kd"]["student"]
     assert (result["acc"], result["errors"], result["images"]) == (student["test_acc"], student["test_errors"], 256)
     assert result["acc5"] >= result["acc"] and sum(map(sum, result["confusion"])) == 256
@@ -155,6 +156,16 @@ def test_the_commands_and_the_export_extra_are_declared():
     assert project["scripts"]["kdrun-export"] == "kdrun.export:export_main"
     assert any(d.startswith("onnxruntime") for d in project["optional-dependencies"]["export"])
     assert "export" in (ROOT / "Makefile").read_text().split("pip install --quiet -e '.[")[1].split("]")[0]
+
+
+def test_the_installed_commands_exit_0_and_print_no_python_dict(runs, tmp_path):
+    """A console script exits with what its function returns: a dict would go to stderr, status 1."""
+    bin_dir = Path(sys.executable).parent
+    for args in (["kdrun-eval", str(runs["dir"]), "--out", str(tmp_path)],
+                 ["kdrun-export", str(runs["dir"]), "--format", "safetensors", "--out", str(tmp_path / "s.safetensors")]):
+        proc = subprocess.run([str(bin_dir / args[0]), *args[1:]], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "{'" not in proc.stderr, (args[0], proc.stderr[-2000:])
+    assert (tmp_path / "student_fake.json").exists() and (tmp_path / "s.safetensors").exists()
 
 
 def test_import_kdrun_stays_light():
