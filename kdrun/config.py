@@ -451,14 +451,25 @@ def member_options(cfg: DictConfig) -> Dict[str, DictConfig]:
               "teacher.members.<option>.checkpoint instead")
     out = {}
     for option, changes in t.members.items():
-        path = config_dir() / "model" / f"{option}.yaml"
-        if not path.is_file():
-            _fail("teacher", option, f"no model config {path} for this member of the ensemble")
+        if not (config_dir() / "model" / f"{option}.yaml").is_file():
+            _fail("teacher", option, f"no model config {config_dir() / 'model' / option}.yaml for this member of the ensemble")
         try:
-            out[option] = OmegaConf.merge(OmegaConf.structured(MemberConfig), OmegaConf.load(path), changes)
+            out[option] = OmegaConf.merge(OmegaConf.structured(MemberConfig), model_option(option), changes)
         except OmegaConfBaseException as e:
             raise KdrunError(f"teacher.members.{option}: {str(e).splitlines()[0]}") from None
     return out
+
+
+def model_option(option: str) -> DictConfig:
+    """configs/model/<option>.yaml as Hydra composes it: its defaults list (other files of the model
+    group, and `_self_`) merged in order, so a member of an ensemble is the option a single teacher is."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.load(config_dir() / "model" / f"{option}.yaml")
+    defaults = list(node.pop("defaults", None) or [])
+    if "_self_" not in defaults:
+        defaults.append("_self_")
+    return OmegaConf.merge(*(node if d == "_self_" else model_option(d) for d in defaults))
 
 
 def check_overrides(cfg: DictConfig, overrides: List[str]) -> None:

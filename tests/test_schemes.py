@@ -108,6 +108,25 @@ def test_an_ensemble_of_architectures_reports_each_member_and_the_ensemble(tmp_p
     assert single["teacher"]["digest"] == teacher["members"]["mlp800"]["digest"]
 
 
+@pytest.mark.parametrize("options", [["resnet18", "lenet5"], ["cifar_resnet8", "cifar_wrn_16_1"]])
+def test_a_member_is_composed_as_its_option_is_for_a_single_teacher(options):
+    """Model files with a defaults list (torchvision's, the CIFAR recipe) compose with it as members too."""
+    from omegaconf import OmegaConf
+
+    from kdrun.config import check, member_options
+
+    ensemble = make_cfg(f"teacher=[{','.join(options)}]")
+    check(ensemble)
+    members = member_options(ensemble)
+    tiny = ("epochs", "batch_size")  # what make_cfg sets on the single teacher (a member keeps its own)
+    for option in options:
+        single = OmegaConf.to_container(make_cfg(f"teacher={option}").teacher)
+        member = OmegaConf.to_container(members[option])
+        assert {k: v for k, v in member.items() if k not in tiny} == \
+            {k: v for k, v in single.items() if k not in (*tiny, "members", "ensemble_seeds")}, option
+    assert members[options[0]].lr == (0.1 if options[0] == "resnet18" else 0.05)  # the defaults' recipe reached it
+
+
 def test_an_ensemble_member_can_come_from_a_checkpoint(tmp_path):
     single = run(make_cfg(*FAKE, "teacher=mlp800", "teacher.epochs=1", tmp=tmp_path), tmp_path / "single")
     summary = run(make_cfg(*FAKE, *TWO_TEACHERS, f"teacher.members.mlp800.checkpoint={single['teacher']['path']}",
