@@ -12,6 +12,7 @@ from kdrun.losses.contrastive import contrast_scores, crd_loss, momentum_update,
 from kdrun.losses.feature import (align_singular_vectors, hcl_loss, kdsvd_loss, ofd_loss, ofd_margin, svd_rbf_loss,
                                   top_singular_vectors, vid_nll)
 from kdrun.losses.response import dist_loss, dist_terms
+from kdrun import KdrunError
 from kdrun.methods.crd import OtherClassSampler
 
 
@@ -164,9 +165,12 @@ def test_contrast_scores_and_nce_loss_by_hand():
     # Both directions: the student against the teacher's bank, the teacher against the student's.
     s, t = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
     both = crd_loss(s, t, bank, bank.flip(1), torch.tensor([[0, 1, 2]]), 0.5, 4.0, 2.0, 10)
-    ref = nce_loss(contrast_scores(s, bank.flip(1), torch.tensor([[0, 1, 2]]), 0.5) / 4.0, 10) \
-        + nce_loss(contrast_scores(t, bank, torch.tensor([[0, 1, 2]]), 0.5) / 2.0, 10)
-    assert both.item() == pytest.approx(ref.item())
+    # s against the teacher's bank (0,1), (1,0), (0.8,0.6) and t against the student's (1,0), (0,1), (0.6,0.8):
+    # both score exp(1/0.5), exp(0), exp(0.6/0.5); divided by Z = 4 and 2, with K * Pn = 0.2 as above.
+    def nce(h0, h1, h2):
+        return -(math.log(h0 / (h0 + 0.2)) + math.log(0.2 / (h1 + 0.2)) + math.log(0.2 / (h2 + 0.2)))
+    expected = nce(math.exp(2) / 4, 1 / 4, math.exp(1.2) / 4) + nce(math.exp(2) / 2, 1 / 2, math.exp(1.2) / 2)
+    assert both.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_memory_bank_momentum_update_by_hand():
@@ -174,6 +178,11 @@ def test_memory_bank_momentum_update_by_hand():
     momentum_update(bank, torch.tensor([1]), torch.tensor([[1.0, 0.0]]), momentum=0.5)
     r = 1 / math.sqrt(2)  # normalise(0.5 * (0, 1) + 0.5 * (1, 0))
     torch.testing.assert_close(bank, torch.tensor([[1.0, 0.0], [r, r], [0.6, 0.8]]))
+
+
+def test_negatives_need_a_second_class_and_the_check_is_made_once():
+    with pytest.raises(KdrunError, match="at least two classes"):
+        OtherClassSampler(torch.tensor([3, 3, 3]))
 
 
 def test_negatives_come_from_every_other_class_and_never_the_own():

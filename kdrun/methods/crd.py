@@ -24,7 +24,7 @@ from kdrun import KdrunError
 from kdrun.engine import reseed
 from kdrun.losses.contrastive import contrast_scores, crd_loss, momentum_update
 from kdrun.methods._relation import embedding
-from kdrun.methods.base import Batch, KDMethod
+from kdrun.methods.base import Batch, KDMethod, describe
 
 
 class Embed(nn.Module):
@@ -45,14 +45,14 @@ class OtherClassSampler:
     def __init__(self, labels: torch.Tensor):
         self.order = torch.argsort(labels, stable=True)  # the split's positions, grouped by class
         self.counts = torch.bincount(labels)
+        if int((self.counts > 0).sum()) < 2:  # checked once here, not on the host in every step
+            raise KdrunError("kd.crd needs training images of at least two classes to draw negatives from")
         self.starts = self.counts.cumsum(0) - self.counts
         self.n = len(labels)
 
     def __call__(self, y: torch.Tensor, k: int) -> torch.Tensor:
         own, first = self.counts[y].unsqueeze(1), self.starts[y].unsqueeze(1)
         others = self.n - own
-        if (others == 0).any():
-            raise ValueError("CRD needs training images of at least two classes to draw negatives from")
         u = (torch.rand(len(y), k, device=y.device) * others).long().clamp_max(others - 1)
         return self.order[u + own * (u >= first)]  # skip the block of y's own class
 
@@ -75,11 +75,14 @@ class CRD(KDMethod):
         self.register_buffer("z", torch.full((2,), -1.0))  # Z of the student's and teacher's side; < 0: not set
         self.register_buffer("labels", torch.empty(0, dtype=torch.long), persistent=False)
         self.negatives: Optional[OtherClassSampler] = None
+        self._z_set: Optional[bool] = None  # whether z holds Z: read from the buffer once (it may come from a checkpoint)
 
     def setup(self, student_feats, teacher_feats) -> None:
         self.embed_s = Embed(embedding(student_feats[0]).shape[1], self.feat_dim)
         self.embed_t = Embed(embedding(teacher_feats[0]).shape[1], self.feat_dim)
-        self.adapters = nn.ModuleList([self.embed_s])  # what the dry run's table shows
+
+    def describe_adapter(self, index: int) -> str:
+        return describe(self.embed_s)  # the dry run's table shows the student's head
 
     def prepare(self, teacher: nn.Module, data, device: torch.device, seed: int) -> None:
         """Sizes the banks to the training split, with RepDistiller's uniform start, and reads its labels."""
@@ -94,6 +97,7 @@ class CRD(KDMethod):
         self.memory_s = ((torch.rand(n, self.feat_dim) * 2 - 1) * stdv).to(device)
         self.memory_t = ((torch.rand(n, self.feat_dim) * 2 - 1) * stdv).to(device)
         self.z = torch.full((2,), -1.0, device=device)
+        self._z_set = None
         self.labels = data.labels("train").to(device)
         self.negatives = OtherClassSampler(self.labels)
 
@@ -113,7 +117,10 @@ class CRD(KDMethod):
             raise ValueError("kd.crd needs each training sample's index (the loaders' `index` extra)")
         index = index.to(self.memory_s.device)
         idx = torch.cat([index[:, None], self.negatives(self.labels[index], self.nce_k)], dim=1)
-        if self.z[0] < 0:  # Z from the first batch, as in RepDistiller: the mean score times the data size
+        if self._z_set is None:  # one host read per run, not a sync in every step
+            self._z_set = bool(self.z[0] >= 0)
+        if not self._z_set:  # Z from the first batch, as in RepDistiller: the mean score times the data size
+            self._z_set = True
             with torch.no_grad():
                 self.z[0] = contrast_scores(f_s, self.memory_t, idx, self.nce_t).mean() * n
                 self.z[1] = contrast_scores(f_t, self.memory_s, idx, self.nce_t).mean() * n
