@@ -217,10 +217,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smoke", action="store_true", help="one epoch each, CIFAR-shaped data (md5 check off)")
     parser.add_argument("--report-only", action="store_true", help="rewrite the report from OUT/sweep")
     parser.epilog = "kdrun overrides for every job follow a --: ... -- hydra/launcher=joblib device=cuda"
-    argv = list(sys.argv[1:] if argv is None else argv)
-    split = argv.index("--") if "--" in argv else len(argv)
-    args = parser.parse_args(argv[:split])
-    extra = argv[split + 1:] + (SMOKE if args.smoke else [])
+    args = parse_with_overrides(parser, argv)
+    extra = args.overrides + (SMOKE if args.smoke else [])
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     try:
         unknown = [m for m in methods if m not in LABELS]
