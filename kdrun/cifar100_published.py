@@ -10,8 +10,8 @@ accuracy (%), each the best test epoch of 240, one run per cell as the tables gi
   "ResNet32x4 / MobileNet-V2"; its KD number there (74.45) is RepDistiller's ResNet32x4 ->
   ShuffleNetV2 and the paper's Table 2 column is ShuffleNet-V2, so it is filed under that pair.
 
-Keys: the pair options of configs/pair/ and kdrun's method names (none, hinton, ...); RepDistiller's
-methods that kdrun does not have (vid, crd) keep their names. A missing cell was not published.
+Keys: the pair options of configs/pair/ and kdrun's method names (none, hinton, ...). A missing cell
+was not published.
 """
 from __future__ import annotations
 

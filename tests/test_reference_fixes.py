@@ -20,6 +20,7 @@ from kdrun.run import run
 from kdrun.schemes.self_byot import SelfDistiller, pooled
 from kdrun.teachers import Ensemble
 from tests.conftest import CONFIGS, make_cfg
+from tests.test_cifar100_presets import ref_ab, ref_fsp
 
 
 def _batch(student_feats, teacher_feats, n=4, classes=5):
@@ -36,13 +37,7 @@ def test_fsp_is_repdistillers_sum_over_pairs_of_per_element_means():
     torch.manual_seed(0)
     s = [torch.randn(3, 4, 8, 8), torch.randn(3, 6, 4, 4), torch.randn(3, 6, 2, 2)]
     t = [torch.randn(3, 4, 8, 8), torch.randn(3, 6, 4, 4), torch.randn(3, 6, 2, 2)]
-
-    def gram(bot, top):  # RepDistiller's FSP matrix: the larger map pooled to the smaller, mean over positions
-        size = min(bot.shape[2], top.shape[2])
-        bot, top = F.adaptive_avg_pool2d(bot, size), F.adaptive_avg_pool2d(top, size)
-        return (bot.flatten(2).unsqueeze(1) * top.flatten(2).unsqueeze(2)).mean(-1)  # (N, C_top, C_bot)
-
-    reference = sum((gram(s[i], s[i + 1]) - gram(t[i], t[i + 1])).pow(2).mean() for i in range(len(s) - 1))
+    reference = ref_fsp(s, t)  # RepDistiller's FSPLoss, written out in test_cifar100_presets
     fsp = FSP()
     assert _weight("fsp") == fsp.weight == 1.0
     assert (fsp.weight * fsp.loss(_batch(s, t, n=3))).item() == pytest.approx(reference.item(), rel=1e-5)
@@ -53,13 +48,7 @@ def test_ab_weights_each_layer_as_the_paper_and_repdistiller():
     torch.manual_seed(0)
     s = [torch.randn(4, 3, 8, 8), torch.randn(4, 5, 4, 4), torch.randn(4, 7, 2, 2)]
     t = [torch.randn(4, 3, 8, 8), torch.randn(4, 5, 4, 4), torch.randn(4, 7, 2, 2)]
-    margin, n = 1.0, len(s)
-
-    def alternative_l2(source, target):  # the paper's differentiable activation-transfer loss
-        return ((source + margin) ** 2 * ((source > -margin) & (target <= 0))
-                + (source - margin) ** 2 * ((source <= margin) & (target > 0))).sum()
-
-    reference = sum(2 ** (i - n + 1) * alternative_l2(a, b) / 4 * 3 / 1000 for i, (a, b) in enumerate(zip(s, t)))
+    reference = ref_ab(s, t)  # RepDistiller's ABLoss (the paper's alternative L2), written out in test_cifar100_presets
     ab = AB()
     ab.setup(s, t)
     ab.adapters = nn.ModuleList(nn.Identity() for _ in s)  # the connectors are the student's; compare the loss
