@@ -2,6 +2,7 @@
 and distilling it through kdrun, its checkpoints and resume, and its two figures."""
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -15,6 +16,7 @@ from kdrun.methods.base import Distiller
 from kdrun.models import build_model
 from kdrun.models.soft_tree import SoftTree, path_log_probs
 from kdrun.run import run
+from kdrun.schemes.online import Mutual
 from tests.conftest import DATA_DIR, HAS_MNIST, make_cfg
 from tests.test_resume import _student_lines, stop_in_epoch
 
@@ -161,6 +163,40 @@ def test_a_resumed_tree_matches_an_uninterrupted_one(tmp_path, monkeypatch):
                  for d in ("full", "cut"))
     for key in ("ema_num", "ema_den", "inner.weight", "leaves"):
         assert torch.equal(full[key], cut[key]), key
+
+
+def test_mutual_learning_gives_a_tree_peer_the_terms_a_distiller_gives_it():
+    """scheme=online trains a tree peer as scheme=offline trains a tree student: on its leaf-weighted
+    loss (label smoothing included) and its penalty, not the cross-entropy of its training output."""
+    torch.manual_seed(0)
+    peers = {name: build_model("soft_tree", 3, 1, 4, depth=2) for name in ("teacher", "student")}
+    for tree in peers.values():
+        with torch.no_grad():  # uneven leaves: the two losses differ (uniform ones give ln 3 both)
+            tree.leaves.normal_()
+    alone = copy.deepcopy(peers)  # the same trees, moving averages included, for the Distiller
+    x, y = torch.randn(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    out = Mutual(peers, ce_weight=0.7, kd_weight=0.3, T=2.0, label_smoothing=0.1)(x, y)
+    for name, tree in alone.items():
+        offline = Distiller(tree, ce_weight=0.7, label_smoothing=0.1)(x, y)
+        assert out[f"{name}/loss_ce"].item() == pytest.approx(offline["loss_ce"].item())
+        assert out[f"{name}/loss_tree_penalty"].item() == pytest.approx(offline["loss_tree_penalty"].item())
+        plain = 0.7 * torch.nn.functional.cross_entropy(out[f"{name}/logits"], y, label_smoothing=0.1)
+        assert out[f"{name}/loss_ce"].item() > plain.item() + 1e-3
+        assert out[f"{name}/loss"].item() == pytest.approx(sum(out[f"{name}/{k}"].item() for k in
+                                                               ("loss_ce", "loss_tree_penalty", "loss_dml")))
+
+
+def test_an_online_run_of_trees_logs_each_peers_penalty(tmp_path):
+    args = [a for a in TREE if not a.startswith("dataset.num_train")]
+    cfg = make_cfg(*args, "dataset.num_train=64", "teacher=soft_tree", "teacher.kwargs.depth=2",
+                   "student.kwargs.depth=2", "scheme=online", "epochs=1", tmp=tmp_path)
+    run(cfg, tmp_path / "run")
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(line["model"] for line in lines) == ["student", "teacher"]
+    for line in lines:
+        assert line["train/loss_tree_penalty"] > 0
+        assert line["train/loss"] == pytest.approx(line["train/loss_ce"] + line["train/loss_tree_penalty"]
+                                                   + line["train/loss_dml"], rel=1e-5)
 
 
 def test_explain_writes_the_tree_and_a_path(distilled_tree, capsys):

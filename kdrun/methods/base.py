@@ -164,6 +164,24 @@ def adapter(student_shape: Sequence[int], teacher_shape: Sequence[int]) -> nn.Mo
     return _Flat(math.prod(student_shape[1:]), teacher_shape[1:])
 
 
+def label_terms(model: nn.Module, logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0,
+                ce_weight: float = 1.0) -> Dict[str, torch.Tensor]:
+    """A model's own loss terms on the labels of its last training forward, every trainer's (the
+    Distiller's, mutual learning's peers', BYOT's student): {'loss_ce': ce_weight * its label loss,
+    'loss_<name>': each of its regularisers}. The label loss is the model's own `label_loss(y,
+    label_smoothing)` where it defines one (the soft decision tree's leaf-weighted cross-entropy),
+    else the cross-entropy of `logits` with label smoothing; `regularizers()` (the tree's penalty)
+    gives named terms of their own. With ce_weight 0 there is no 'loss_ce' at all: a zero-weighted
+    term would still give the classifier zero gradients, and weight decay would then move it."""
+    terms = {}
+    if ce_weight:
+        own = getattr(model, "label_loss", None)
+        ce = own(y, label_smoothing) if own is not None else F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        terms["loss_ce"] = ce_weight * ce
+    terms.update({f"loss_{k}": v for k, v in getattr(model, "regularizers", dict)().items()})
+    return terms
+
+
 class Distiller(MixedPrecision):
     """student (+ frozen teacher) -> {'loss', 'loss_ce', 'loss_<method>', ..., 'logits'}.
 
@@ -254,23 +272,12 @@ class Distiller(MixedPrecision):
                                                              method.teacher_layers, batch.teacher_feats)))
         self.student.train(was_training)
 
-    def _label_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy (with label smoothing), or the student's own label loss of its last forward
-        where it defines one (the soft decision tree's leaf-weighted cross-entropy)."""
-        own = getattr(self.student, "label_loss", None)
-        if own is not None:
-            return own(y, self.label_smoothing)
-        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
-
     def _forward(self, x, y, teacher_logits: Optional[torch.Tensor] = None, index: Optional[torch.Tensor] = None):
         """`teacher_logits`, when given (cached for un-augmented inputs), replace running the teacher;
         `index` is each sample's position in the training split (for methods that need it, CRD's)."""
         logits, teacher_logits = self._run(x, teacher_logits)
-        # With weight 0 (a first stage on a KD term alone) there is no CE term at all: a zero-weighted
-        # one would still give the classifier zero gradients, and weight decay would then move it.
-        losses = {"loss_ce": self.ce_weight * self._label_loss(logits, y)} if self.ce_weight else {}
-        # A student's own regularisers (the soft decision tree's penalty) are terms of their own.
-        losses.update({f"loss_{k}": v for k, v in getattr(self.student, "regularizers", dict)().items()})
+        # ce_weight 0: a first stage on a KD term alone, with no CE term at all (see label_terms).
+        losses = label_terms(self.student, logits, y, self.label_smoothing, self.ce_weight)
         for name, method in self.methods.items():
             losses[f"loss_{name}"] = method.weight * method.loss(self._batch(method, y, logits, teacher_logits, index))
         # a + b, not sum()'s 0 + a + b: one kernel fewer in every step (the same number).

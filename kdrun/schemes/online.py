@@ -4,15 +4,17 @@ students) train together from scratch, each on its cross-entropy plus the KL div
 the others' current, detached predictions."""
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Dict
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdrun.config import ce_weight, student_epochs
 from kdrun.engine import fit, reseed
 from kdrun.losses.response import mutual_kl
+from kdrun.methods.base import label_terms
 from kdrun.models import build_from_config, logits_of, model_meta
 from kdrun.schemes import (RunContext, best_reports, log, refuse_pretrained_teachers, soft_target_settings,
                            teacher_not_used)
@@ -20,10 +22,13 @@ from kdrun.speed import MixedPrecision, accelerate, speed_settings
 
 
 class Mutual(MixedPrecision):
-    """Peers -> {'loss', '<peer>/loss', '<peer>/loss_ce', '<peer>/loss_dml', '<peer>/logits'}.
+    """Peers -> {'loss', '<peer>/loss', '<peer>/loss_ce', '<peer>/loss_<regulariser>'...,
+    '<peer>/loss_dml', '<peer>/logits'}.
 
-    Each peer's loss depends on its own parameters only (the others' predictions are detached), so
-    one optimizer over all peers updates each as its own optimizer would."""
+    Each peer's label terms are those a Distiller gives it (`label_terms`: a soft decision tree's
+    leaf-weighted cross-entropy and penalty, else the cross-entropy with label smoothing). Each
+    peer's loss depends on its own parameters only (the others' predictions are detached), so one
+    optimizer over all peers updates each as its own optimizer would."""
 
     def __init__(self, peers: Dict[str, nn.Module], ce_weight: float, kd_weight: float, T: float,
                  label_smoothing: float = 0.0, **speed):
@@ -35,9 +40,11 @@ class Mutual(MixedPrecision):
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
         logits = [logits_of(peer(x)) for peer in self.student.values()]
         out: Dict[str, torch.Tensor] = {}
-        for name, z, kl in zip(self.student, logits, mutual_kl(logits, self.T)):
-            ce, dml = self.ce_weight * F.cross_entropy(z, y, label_smoothing=self.label_smoothing), self.kd_weight * kl
-            out.update({f"{name}/loss": ce + dml, f"{name}/loss_ce": ce, f"{name}/loss_dml": dml, f"{name}/logits": z})
+        for (name, peer), z, kl in zip(self.student.items(), logits, mutual_kl(logits, self.T)):
+            terms = {**label_terms(peer, z, y, self.label_smoothing, self.ce_weight), "loss_dml": self.kd_weight * kl}
+            out[f"{name}/loss"] = functools.reduce(operator.add, terms.values())
+            out.update({f"{name}/{k}": v for k, v in terms.items()})
+            out[f"{name}/logits"] = z
         out["loss"] = sum(out[f"{name}/loss"] for name in self.student)
         return out
 

@@ -7,7 +7,9 @@ the student's own, learns from the labels. Every head's accuracy is reported: wh
 gives."""
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from typing import Dict, List
 
 import torch
@@ -20,7 +22,7 @@ from kdrun.engine import fit, reseed
 from kdrun.features import FeatureTap
 from kdrun.losses.feature import byot_hint
 from kdrun.losses.response import soft_target_kl
-from kdrun.methods.base import default_layers
+from kdrun.methods.base import default_layers, label_terms
 from kdrun.models import build_from_config, logits_of, model_meta
 from kdrun.schemes import RunContext, example_batch, teacher_not_used, best_reports
 from kdrun.speed import MixedPrecision, accelerate, speed_settings
@@ -96,8 +98,10 @@ class SelfDistiller(MixedPrecision):
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
         with self._tap:
             z = logits_of(self.student(x))
-        ce = F.cross_entropy(z, y, label_smoothing=self.label_smoothing)
-        out = {"student/loss": ce, "student/loss_ce": ce, "student/logits": z}
+        # The student's label terms are a Distiller's (its own label loss and regularisers, if any).
+        terms = label_terms(self.student, z, y, self.label_smoothing)
+        out = {"student/loss": functools.reduce(operator.add, terms.values()),
+               **{f"student/{k}": v for k, v in terms.items()}, "student/logits": z}
         # The deepest classifier teaches: its outputs are targets, not paths for the heads' gradients.
         target_z, target_f = z.detach(), pooled(self._tap.outputs[self.deepest]).detach()
         for i, ((name, head), path) in enumerate(zip(self.methods.items(), self.head_paths)):
