@@ -9,8 +9,6 @@ training it again. Jobs that start together (a parallel launcher) wait on one lo
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Iterator, Optional
@@ -18,31 +16,22 @@ from typing import Iterator, Optional
 from filelock import FileLock
 from omegaconf import DictConfig
 
-from kdrun.config import ce_weight, plain
-from kdrun.rundir import MARK, sweep_of
+from kdrun.config import ce_weight
+from kdrun.rundir import BOOKKEEPING, MARK, _read_json, config_digest, sweep_of
 
 log = logging.getLogger(__name__)
 
-# What a student trained from labels alone does not depend on (and what only says how a run is
-# carried out). `lambda` stays in: with kd=none it is the weight of the cross-entropy.
-IGNORED = ("teacher", "T", "alpha", "kd", "ensemble", "cache_teacher_logits", "teacher_cache", "resume", "progress",
-           "dry_run")
+# What a student trained from labels alone does not depend on (besides rundir.BOOKKEEPING, which no
+# run's result depends on): the one list, which kdrun.sweep also reads to group and match the
+# kd=none jobs of a sweep's summary. `lambda` stays in: with kd=none it is the weight of the cross-entropy.
+IGNORED = ("teacher", "T", "alpha", "kd", "ensemble", "cache_teacher_logits")
 
 
 def baseline_digest(cfg: DictConfig) -> Optional[str]:
     """What a kd=none run computes; None for any other run."""
     if cfg.kd or cfg.scheme.name != "offline":
         return None
-    node = {k: v for k, v in plain(cfg).items() if k not in IGNORED}
-    node["lambda"] = ce_weight(cfg)
-    return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _read(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+    return config_digest(cfg, drop=BOOKKEEPING + IGNORED, fixed={"lambda": ce_weight(cfg)})
 
 
 @contextlib.contextmanager
@@ -57,15 +46,15 @@ def shared(cfg: DictConfig, run_dir: Path) -> Iterator[Optional[dict]]:
     folder = sweep / MARK / "baselines"
     folder.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder / f"{digest}.lock")):
-        source = _read(folder / f"{digest}.json").get("job")
-        summary = _read(sweep / source / "summary.json") if source else {}
+        source = _read_json(folder / f"{digest}.json").get("job")
+        summary = _read_json(sweep / source / "summary.json") if source else {}
         if summary.get("status") == "ok" and summary.get("baseline_digest") == digest \
                 and (sweep / source).resolve() != Path(run_dir).resolve():
             log.info("kd=none: the same baseline as job %s of this sweep; sharing its result", source)
             yield summary
             return
         yield None
-        if _read(Path(run_dir) / "summary.json").get("status") == "ok":
+        if _read_json(Path(run_dir) / "summary.json").get("status") == "ok":
             from kdrun.checkpoint import write_json_atomic
 
             write_json_atomic(folder / f"{digest}.json", {"job": Path(run_dir).name})

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 register_configs()
 
 
-def _config_dir() -> str:  # bench.py and reproduce.py compose the config with it
+def _config_dir() -> str:  # bench.py composes the config with it (elsewhere: kdrun.config.config_dir)
     return str(config_dir())
 
 

@@ -20,6 +20,8 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import nn
 
+from kdrun.models import count_parameters
+
 # Repetitions, each bounded by a time budget: a tiny MLP gets its median from 30 runs in
 # milliseconds, a ResNet-50 stops at the budget.
 LATENCY_WARMUP, LATENCY_RUNS, LATENCY_BUDGET_S = 3, 30, 0.5
@@ -82,7 +84,7 @@ def measure(model: nn.Module, image_shape: tuple, device: torch.device) -> dict:
     """The deployment figures of `model` for images of `image_shape` (C, H, W): float32, eval mode.
     The model ends on the CPU, in eval mode."""
     model.eval().float()
-    out = {"params": sum(p.numel() for p in model.parameters()), "weights_bytes": weights_bytes(model)}
+    out = {"params": count_parameters(model), "weights_bytes": weights_bytes(model)}
     with torch.no_grad(), _eager():
         if device.type != "cpu":  # the run's device first, while the model is there
             model.to(device)

@@ -85,7 +85,8 @@ def checkpoint_path(path, which: str = "student") -> Path:
     if path.is_file():
         return path
     ckpt = path / "checkpoints"
-    shared = _read_json(path / "summary.json").get("shared_from")  # a sweep's kd=none job that took another's result
+    summary = _read_json(path / "summary.json")
+    shared = summary.get("shared_from")  # a sweep's kd=none job that took another's result
     if not ckpt.is_dir() and shared and (path.parent / shared).is_dir():
         return checkpoint_path(path.parent / shared, which)
     if not ckpt.is_dir():
@@ -93,7 +94,6 @@ def checkpoint_path(path, which: str = "student") -> Path:
     own = ckpt / f"{which}_best.pt"
     if own.is_file():
         return own
-    summary = _read_json(path / "summary.json")
     teacher = _read_json(ckpt / "teacher.json")
     if which == "teacher" and teacher.get("members"):
         raise KdrunError(f"{path}: its teacher is an ensemble: load one member, which=teacher.<member> "
@@ -244,8 +244,7 @@ def dataset_config(info: ModelInfo, overrides: Sequence[str] = ()) -> tuple[dict
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    from kdrun.cli import _config_dir
-    from kdrun.config import DatasetConfig
+    from kdrun.config import DatasetConfig, config_dir
 
     for o in overrides:
         if not o.startswith(("dataset=", "dataset.", "data_dir=")) or "=" not in o:
@@ -254,7 +253,7 @@ def dataset_config(info: ModelInfo, overrides: Sequence[str] = ()) -> tuple[dict
     if "dataset" not in values and not info.dataset:
         raise KdrunError(f"{info.path}: the file does not record its dataset: name one (dataset=mnist)")
     name = values.get("dataset") or info.dataset["name"]
-    option = Path(_config_dir()) / "dataset" / f"{name}.yaml"
+    option = config_dir() / "dataset" / f"{name}.yaml"
     if not option.is_file():
         known = ", ".join(sorted(p.stem for p in option.parent.glob("*.yaml")))
         raise KdrunError(f"dataset={name}: no such dataset option; choose one of {known}")
@@ -278,6 +277,9 @@ def evaluate(path, overrides: Sequence[str] = (), which: str = "student", device
     """Test accuracy (top-1 and top-5), per-class accuracy and the confusion matrix of a model kdrun
     trained (a run directory or a model file), on its own dataset or any compatible one (`overrides`:
     dataset=NAME, dataset.key=value, data_dir=PATH). No training."""
+    from kdrun.models import logits_of
+    from kdrun.step import topk_correct
+
     model, info = load_model(path, which, device, data_dir, **given)
     node, override_dir = dataset_config(info, overrides)
     data = _build(node, override_dir or data_dir, device)
@@ -291,14 +293,12 @@ def evaluate(path, overrides: Sequence[str] = (), which: str = "student", device
     for x, y in data.loader("test", batch_size):
         x, y = x.to(device), y.to(device)
         try:
-            from kdrun.models import logits_of
-
             logits = logits_of(model(x)).float()
         except RuntimeError as e:
             raise KdrunError(f"dataset={node['name']}: the model ({info.arch}, trained on {info.image_size}px images) "
                              f"cannot take its {data.image_size}px images ({' '.join(str(e).split())[:200]})") from None
         loss += F.cross_entropy(logits, y, reduction="sum").item()
-        top5 += (logits.topk(k, 1).indices == y[:, None]).any(1).sum().item()
+        top5 += topk_correct(logits, y, k).item()
         confusion += torch.bincount((y * n + logits.argmax(1)).cpu(), minlength=n * n).view(n, n)
     images = int(confusion.sum())
     correct = int(confusion.diag().sum())

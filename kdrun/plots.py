@@ -6,6 +6,7 @@ has none), and figures are freed as soon as they are saved.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Optional
 
@@ -164,11 +165,11 @@ def learning_curve(path: Path, records: list[dict], title: str) -> None:
     fig.savefig(path, dpi=80)
 
 
-def tradeoff(path: Path, rows: list[dict], title: str) -> None:
+def tradeoff(path: Path, rows: list[dict], title: str) -> "Figure":
     """What a user picks a student from: test accuracy against the cost of a model, multiply-adds per
     image (left) and CPU latency at batch 1 (right), one point per job (its name beside it); the
     jobs' teachers are stars and the students trained from scratch (kd=none) triangles. The cost
-    axes are logarithmic when the models' costs span more than 10x."""
+    axes are logarithmic when the models' costs span more than 10x. Returns the figure (saved)."""
     done = [r for r in rows if r["status"] == "ok" and r.get("student_macs") and r.get("student_test_acc") is not None]
     fig = _figure(11, 4.5)
     for ax, (cost, label) in zip(fig.subplots(1, 2), (("macs", "multiply-adds per image"),
@@ -185,11 +186,15 @@ def tradeoff(path: Path, rows: list[dict], title: str) -> None:
                     names.setdefault((r[f"student_{cost}"], 100 * r["student_test_acc"]), []).append(r["job"])
                 for xy, jobs in names.items():
                     ax.annotate(", ".join(jobs), xy, textcoords="offset points", xytext=(4, 4), fontsize=7)
-        teachers = {(r[f"teacher_{cost}"], r["teacher_test_acc"]) for r in done
-                    if r.get(f"teacher_{cost}") and r.get("teacher_test_acc") is not None}
+        # One star per teacher: the jobs of a sweep share a cached teacher (the same multiply-adds and
+        # accuracy), but each measures its CPU latency anew: its median.
+        teachers: dict = {}
+        for r in done:
+            if r.get(f"teacher_{cost}") and r.get("teacher_test_acc") is not None:
+                teachers.setdefault((r.get("teacher_macs"), r["teacher_test_acc"]), []).append(r[f"teacher_{cost}"])
         if teachers:
-            ax.scatter([t[0] for t in teachers], [100 * t[1] for t in teachers], marker="*", s=160, color="tab:gray",
-                       label="teacher")
+            ax.scatter([statistics.median(xs) for xs in teachers.values()], [100 * acc for _, acc in teachers],
+                       marker="*", s=160, color="tab:gray", label="teacher")
         xs = [x for c in ax.collections for x, _ in c.get_offsets()]
         if xs and max(xs) > 10 * min(xs):  # models of very different sizes; else plain ticks read better
             ax.set_xscale("log")
@@ -200,6 +205,7 @@ def tradeoff(path: Path, rows: list[dict], title: str) -> None:
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=100)
+    return fig
 
 
 def confusion_matrix(path: Path, matrix: list, classes: list, title: str) -> None:

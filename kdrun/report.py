@@ -135,7 +135,9 @@ def print_layers(rows: list[dict], teacher: dict | None, console: Console | None
 
 
 def _status(group: dict) -> str:
-    counts = {"ok": group["n"], "failed": group["n_failed"], "missing": group["n_missing"]}
+    """ok, shared (the result of a job outside the group: kdrun.baseline), failed, missing, or their counts."""
+    shared = group.get("n_shared", 0)
+    counts = {"ok": group["n"] - shared, "shared": shared, "failed": group["n_failed"], "missing": group["n_missing"]}
     if sum(n > 0 for n in counts.values()) == 1:  # all alike: the n column has the count
         return next(status for status, n in counts.items() if n)
     return ", ".join(f"{n} {status}" for status, n in counts.items() if n)

@@ -43,13 +43,12 @@ def omit3_analysis(run_dir: Path, preset: str, overrides: list[str]) -> dict:
     from hydra import compose, initialize_config_dir
 
     from kdrun.checkpoint import load_weights
-    from kdrun.cli import _config_dir
-    from kdrun.config import register_configs
+    from kdrun.config import config_dir, register_configs
     from kdrun.data import build_data
     from kdrun.models import build_from_config, model_meta
 
     register_configs()
-    with initialize_config_dir(config_dir=_config_dir(), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         cfg = compose("config", overrides=[f"+experiment={preset}", *JOBS["omit3"], *overrides])
     data = build_data(cfg.dataset, cfg.data_dir, torch.device("cpu"))
     model = build_from_config(cfg.student, data)

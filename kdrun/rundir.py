@@ -33,6 +33,15 @@ MARK = ".kdrun"
 RESULTS = ("summary.json", "metrics.jsonl", "checkpoints")  # what runs from before .kdrun/ left
 HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
 
+# Settings that say how a run is carried out or recorded, or where its files are, not what it computes:
+# not hyperparameters (kdrun.loggers), not columns of a sweep's summary (kdrun.sweep), and no reason to
+# train a sweep's kd=none baseline again (kdrun.baseline). `logger` also covers `logger.<tracker>.*`.
+BOOKKEEPING = ("resume", "progress", "dry_run", "data_dir", "teacher_cache", "logger", "dist_timeout_s",
+               "deploy_report")
+# What a resume is not checked against: the same, but for teacher_cache, which a resume has always
+# been checked against (a teacher found in another cache may be another training of it).
+RESUME_IGNORES = tuple(k for k in BOOKKEEPING if k != "teacher_cache")
+
 # Directories this process claimed for a run it has not started yet (the CLI's callback claims the
 # run directory before Hydra writes into it; run() then knows the directory is new).
 _claimed: set[Path] = set()
@@ -169,14 +178,13 @@ def opened(run_dir: Path, resume: bool, dry_run: bool, digest: str, overrides: l
         lock.release()
 
 
-def config_digest(cfg: DictConfig) -> str:
-    """Identifies what a run computes (everything but `resume`, `progress`, `dry_run`, the trackers,
-    where the data lives and whether the deployment report is measured): what a resume is checked against."""
+def config_digest(cfg: DictConfig, drop: tuple = RESUME_IGNORES, fixed: Optional[dict] = None) -> str:
+    """Identifies what a run computes: its config but the keys in `drop` (by default everything but
+    what a resume is checked against), with the values in `fixed` put in."""
     from kdrun.config import plain
 
-    node = plain(cfg)
-    for key in ("resume", "progress", "data_dir", "dry_run", "logger", "dist_timeout_s", "deploy_report"):
-        node.pop(key, None)
+    node = {k: v for k, v in plain(cfg).items() if k not in drop}
+    node.update(fixed or {})
     return hashlib.sha256(json.dumps(node, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -17,18 +17,22 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from kdrun import KdrunError
+from kdrun.baseline import IGNORED as BASELINE_IGNORES
+from kdrun.rundir import BOOKKEEPING
 
-# Overrides that change how a run is carried out or recorded, not what it computes. They are not
-# columns, so a sweep continued with `resume=true` has the same rows (and seed groups) as before.
-# Nor are the trackers' settings (`logger=...`, `logger.mlflow.*`), nor `deploy_report` (it measures, changes nothing).
-BOOKKEEPING = frozenset({"resume", "progress", "data_dir", "teacher_cache", "deploy_report"})
-# What a student trained without a teacher cannot depend on: a kd=none job's values of these keys
-# are left out of its group (kdrun.baseline trains one baseline for all of them).
-BASELINE_IGNORES = frozenset({"T", "alpha", "teacher"})
-NOT_BASELINE_PREFIXES = ("kd.", "teacher.")
-# ...and what is ignored when a KD job is matched to its scratch baseline: those, kd and lambda
-# (whatever a KD job's weights), and the seed (the baseline is a mean over seeds).
-NOT_BASELINE = BASELINE_IGNORES | {"kd", "lambda", "seed"}
+# Overrides are keyed by their top-level setting: `kd.hinton.T` is a `kd` setting, `logger.mlflow.x` a `logger` one.
+# rundir.BOOKKEEPING (how a run is carried out or recorded, not what it computes) is no column, so a
+# sweep continued with `resume=true` has the same rows (and seed groups) as before.
+# kdrun.baseline.IGNORED (what a student trained without a teacher cannot depend on): a kd=none job's
+# values of these keys (but kd itself) are left out of its group, as kdrun.baseline trains one baseline for all of them.
+# What is ignored when a KD job is matched to its scratch baseline: those, lambda (whatever a KD
+# job's weights), and the seed (the baseline is a mean over seeds).
+NOT_BASELINE = (*BASELINE_IGNORES, "lambda", "seed")
+
+
+def setting(key: str) -> str:
+    """The top-level setting an override's key belongs to."""
+    return key.partition(".")[0]
 
 METRICS = ("teacher_test_acc", "student_test_acc", "student_val_acc")
 TOP5 = ("teacher_test_acc5", "student_test_acc5")  # columns of their own when a job reports top-5 (>10 classes)
@@ -59,8 +63,15 @@ class Job:
 
     @property
     def is_scratch(self) -> bool:
-        """A student trained from labels alone (kd=none): the baseline of the sweep's KD jobs."""
-        return self.status == "ok" and self.summary.get("kd") == []
+        """A result of a student trained from labels alone (kd=none), its own or shared: the baseline
+        of the sweep's KD jobs."""
+        return self.status in ("ok", "shared") and self.summary.get("kd") == []
+
+    @property
+    def source(self) -> str:
+        """The run directory whose training gave this job's result: a shared job's is the one it shared."""
+        shared = self.summary.get("shared_from")
+        return str((self.path.parent / shared if shared else self.path).resolve())
 
     @property
     def is_baseline(self) -> bool:
@@ -126,7 +137,7 @@ def parse_overrides(items: Iterable[str]) -> dict:
     for item in items:
         key, _, value = str(item).partition("=")
         key = key.lstrip("+~")
-        if key and key not in BOOKKEEPING and not key.startswith(("hydra.", "logger")):
+        if key and setting(key) not in (*BOOKKEEPING, "hydra"):
             out[key] = value
     return out
 
@@ -204,23 +215,22 @@ def _diff(a: Optional[float], b: Optional[float]) -> Optional[float]:
 
 
 def _baseline_identity(job: Job) -> tuple:
-    return tuple(sorted((k, v) for k, v in job.overrides.items()
-                        if k not in NOT_BASELINE and not k.startswith(NOT_BASELINE_PREFIXES)))
+    return tuple(sorted((k, v) for k, v in job.overrides.items() if setting(k) not in NOT_BASELINE))
 
 
 def scratch_baselines(jobs: list[Job]) -> dict:
-    """job name -> the mean student test accuracy of the `ok` kd=none jobs that share every
-    overridden key with it except kd, T, alpha, lambda, teacher*, kd.* and seed (any seed).
-    A job with no such baseline is left out."""
-    pools = defaultdict(list)
+    """job name -> the mean student test accuracy of the kd=none results (`ok` jobs, and `shared`
+    ones) whose jobs share every overridden key with it but NOT_BASELINE (any seed); a result
+    shared by several jobs counts once. A job with no such baseline is left out."""
+    pools = defaultdict(dict)
     for job in jobs:
         if job.is_scratch:
-            pools[_baseline_identity(job)].append(job.summary["student"]["test_acc"])
+            pools[_baseline_identity(job)][job.source] = job.summary["student"]["test_acc"]
     out = {}
     for job in jobs:
         pool = pools.get(_baseline_identity(job))
         if pool:
-            out[job.name] = _mean(pool)
+            out[job.name] = _mean(list(pool.values()))
     return out
 
 
@@ -275,32 +285,41 @@ def summarise(jobs: list[Job]) -> Summary:
             row["scratch_test_acc"] = baselines.get(job.name)
             row["gain"] = _diff(row["student_test_acc"], row["scratch_test_acc"])
         if has_deploy:
-            row["is_scratch"] = job.is_scratch  # not a column: the trade-off plot marks the kd=none jobs
+            row["is_scratch"] = job.is_scratch  # not a column: the trade-off plot marks the kd=none jobs (`ok` ones)
             for column, (model, key) in DEPLOY.items():
                 row[column] = ((s.get(model) or {}).get("deploy") or {}).get(key)
         row["wall_time_s"] = s.get("wall_time_s")
         row["error"] = s.get("error", "")
         row["baseline"] = job.is_baseline  # not a column: it decides the job's group
+        row["source"] = job.source  # not a column: a result shared by several jobs is counted once
         rows.append(row)
     return Summary(keys=keys, rows=rows, has_scratch=has_scratch, has_top5=has_top5, has_deploy=has_deploy)
 
 
 def aggregate_seeds(summary: Summary) -> tuple[list[str], list[dict]]:
-    """Rows that share every key but `seed` become one: mean, sample std and count (n) of the `ok` jobs,
-    and how many failed or are missing. Returns (columns, groups); groups keep their first job's order."""
+    """Rows that share every key but `seed` become one: mean, sample std and count (n) of the results
+    (`ok` jobs, and `shared` ones whose result no other job of the group has), and how many failed or are
+    missing. Returns (columns, groups); groups keep their first job's order."""
     group_keys = [k for k in summary.keys if k != "seed"]
+    # kd=none jobs that differ only in what the baseline ignores (T, alpha, teacher*, kd.*, ...) are one
+    # group: one baseline, shown once.
+    ignored = {k for k in group_keys if k != "kd" and setting(k) in BASELINE_IGNORES}
     groups: dict[tuple, list[dict]] = {}
     for row in summary.rows:
-        # kd=none jobs that differ only in what the baseline ignores (T, alpha, teacher*, kd.*) are one
-        # group: one baseline, shown once (its `shared` jobs are not counted again in the means).
-        ignored = {k for k in group_keys if k in BASELINE_IGNORES or k.startswith(NOT_BASELINE_PREFIXES)}
         groups.setdefault(tuple("" if row.get("baseline") and k in ignored else row[k] for k in group_keys),
                           []).append(row)
     out = []
     for values, members in groups.items():
-        ok = [r for r in members if r["status"] == "ok"]
+        # One result per training: a `shared` job's copy counts only where the job it shared is not in the group.
+        results: dict[str, dict] = {}
+        for r in members:
+            if r["status"] in ("ok", "shared"):
+                results.setdefault(r["source"], r)
+        ok = list(results.values())
+        trained_here = {r["source"] for r in members if r["status"] == "ok"}
         group = {**dict(zip(group_keys, values)), "jobs": " ".join(r["job"] for r in members), "n": len(ok),
                  "baseline": all(r.get("baseline") for r in members),
+                 "n_shared": sum(r["source"] not in trained_here for r in ok),  # not a column: the status says it
                  "n_failed": sum(r["status"] == "failed" for r in members),
                  "n_missing": sum(r["status"] == "missing" for r in members)}
         for metric in summary.metrics:

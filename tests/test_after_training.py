@@ -86,6 +86,22 @@ def test_the_sweep_summary_has_deployment_columns_and_a_tradeoff_plot(runs, tmp_
     assert (tmp_path / "tradeoff.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_the_tradeoff_plot_draws_one_star_per_teacher(tmp_path):
+    """Every job of a sweep measures its (cached, shared) teacher's CPU latency anew: one star per
+    teacher (its multiply-adds and accuracy), at the median latency, not one per job."""
+    from kdrun.plots import tradeoff
+
+    def row(job, teacher_macs, teacher_ms):
+        return {"job": job, "status": "ok", "student_macs": 100, "student_cpu_latency_ms": 0.5,
+                "student_test_acc": 0.9, "teacher_macs": teacher_macs, "teacher_cpu_latency_ms": teacher_ms,
+                "teacher_test_acc": 0.95}
+
+    rows = [row("0", 1000, 1.0), row("1", 1000, 1.4), row("2", 1000, 0.9), row("3", 5000, 3.0)]
+    fig = tradeoff(tmp_path / "tradeoff.png", rows, "accuracy against cost")
+    stars = [[c for c in ax.collections if c.get_label() == "teacher"][0].get_offsets().tolist() for ax in fig.axes]
+    assert stars == [[[1000, 95], [5000, 95]], [[1.0, 95], [3.0, 95]]]
+
+
 # --- checkpoints that rebuild and feed their model ---------------------------------------------
 
 def test_every_model_file_records_what_rebuilds_and_feeds_the_model(runs):

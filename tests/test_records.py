@@ -186,9 +186,11 @@ def test_equal_baselines_of_a_sweep_are_trained_once(tmp_path):
 
     sweep = tmp_path / "sweep"
     mark_sweep(sweep)  # what the CLI does for every multirun
-    jobs = [["T=2"], ["T=8", "alpha=0.5", "teacher.epochs=5"], ["seed=1"], ["T=8", "seed=1"], ["student.lr=0.2"]]
+    # job 5: what only says how a run is carried out or recorded (a tracker, where the data is) is no new baseline
+    jobs = [["T=2"], ["T=8", "alpha=0.5", "teacher.epochs=5"], ["seed=1"], ["T=8", "seed=1"], ["student.lr=0.2"],
+            ["logger=csv", "cache_teacher_logits=false", "dist_timeout_s=60", f"data_dir={tmp_path}"]]
     summaries = [run(make_cfg(*BASE, *overrides, tmp=tmp_path), sweep / str(i)) for i, overrides in enumerate(jobs)]
-    assert [s.get("shared_from") for s in summaries] == [None, "0", None, "2", None]
+    assert [s.get("shared_from") for s in summaries] == [None, "0", None, "2", None, "0"]
     assert summaries[1]["student"] == summaries[0]["student"] and summaries[3]["student"] == summaries[2]["student"]
     assert not (sweep / "1" / "metrics.jsonl").exists() and not (sweep / "1" / "checkpoints").exists()
     assert json.loads((sweep / "1" / "summary.json").read_text())["T"] == 8  # its own settings, the shared result

@@ -263,6 +263,42 @@ def test_a_shared_baseline_shows_once_per_group(tmp_path):
     assert "lineplot.png" in result["written"] and "heatmap.png" not in result["written"]
 
 
+def test_a_baseline_shared_across_a_key_it_ignores_is_every_kd_jobs_baseline(tmp_path):
+    """kdrun -m kd=none,hinton cache_teacher_logits=true,false (and a second seed of one baseline): job 1
+    shared job 0's result, since a student without a teacher ignores cache_teacher_logits (kdrun.baseline).
+    The report ignores it too: the kd=none jobs are one group, and both KD jobs are matched to the
+    mean of the two trained baselines (0.80, 0.70), job 1's copy of job 0 not counted again."""
+    from kdrun.report import _status
+
+    sweep = tmp_path / "sweep"
+    for job, (overrides, acc) in enumerate([
+            (["kd=none", "cache_teacher_logits=true", "seed=0"], 0.80),
+            (["kd=none", "cache_teacher_logits=false", "seed=0"], 0.80),
+            (["kd=none", "cache_teacher_logits=true", "seed=1"], 0.70),
+            (["kd=hinton", "cache_teacher_logits=true", "seed=0"], 0.90),
+            (["kd=hinton", "cache_teacher_logits=false", "seed=0"], 0.92)]):
+        _fake_job(sweep / str(job), overrides, acc, kd=() if "kd=none" in overrides else ("hinton",))
+    summary_path = sweep / "1" / "summary.json"
+    summary_path.write_text(json.dumps({**json.loads(summary_path.read_text()), "shared_from": "0"}))
+
+    summary = summarise(read_jobs([sweep]))
+    assert [r["status"] for r in summary.rows] == ["ok", "shared", "ok", "ok", "ok"]
+    assert [r["scratch_test_acc"] for r in summary.rows[3:]] == [pytest.approx(0.75)] * 2
+    assert [r["gain"] for r in summary.rows[3:]] == [pytest.approx(0.15), pytest.approx(0.17)]
+    _, groups = aggregate_seeds(summary)
+    assert [(g["kd"], g["cache_teacher_logits"], g["jobs"], g["n"], _status(g)) for g in groups] == [
+        ("none", "", "0 1 2", 2, "ok"), ("hinton", "true", "3", 1, "ok"), ("hinton", "false", "4", 1, "ok")]
+    assert groups[0]["student_test_acc_mean"] == pytest.approx(0.75)
+
+    # Without the job it shared from (another folder of runs), a shared job is still a baseline: its
+    # copy of the result counts, and its group says where the result came from.
+    summary = summarise(read_jobs([sweep / "1", sweep / "4"]))
+    assert summary.rows[1]["scratch_test_acc"] == pytest.approx(0.80)
+    _, groups = aggregate_seeds(summary)
+    assert [(g["jobs"], g["n"], _status(g), g["student_test_acc_mean"]) for g in groups][0] == \
+        ("1", 1, "shared", pytest.approx(0.80))
+
+
 # --- resume a sweep killed midway ----------------------------------------------------------------
 
 def _snapshot(run_dir: Path) -> dict:

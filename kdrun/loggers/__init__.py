@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from kdrun import Interrupted, KdrunError
+from kdrun.rundir import BOOKKEEPING
 
 log = logging.getLogger(__name__)
 
-# Settings that change how a run is carried out, not what it computes (as in run.config_digest),
-# and the trackers' own settings: not hyperparameters.
-NOT_PARAMS = ("resume", "progress", "data_dir", "dry_run", "teacher_cache", "logger")
+# Settings that change how a run is carried out or recorded (the trackers' own among them), not
+# what it computes: not hyperparameters.
+NOT_PARAMS = BOOKKEEPING
 STATE_FILE = "trackers.json"  # a tracker's run id, so that a resumed run continues the same tracker run
 
 
