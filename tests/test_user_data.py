@@ -119,6 +119,17 @@ def test_random_crops_depend_on_the_epoch_and_image_alone_not_on_the_workers(ima
     assert not torch.equal(first[0], second[0])
 
 
+def test_reading_images_in_process_leaves_the_gpu_random_streams_alone(imagenet_tree, monkeypatch):
+    """With num_workers=0 on a GPU, each item is read in the training process: seeding its augmentation
+    must not reseed the device generators (dropout's, the engine's), which nothing restores."""
+    reseeded = []
+    for module, name in ((torch.cuda, "manual_seed_all"), (torch.mps, "manual_seed"), (torch.xpu, "manual_seed_all")):
+        monkeypatch.setattr(module, name, lambda seed, name=f"{module.__name__}.{name}": reseeded.append(name))
+    data = _imagenet(imagenet_tree)
+    next(iter(data.loader("train", 4, shuffle=True, augment=True)))
+    assert reseeded == []
+
+
 def test_imagenet_needs_train_and_val_folders(tmp_path):
     (tmp_path / "imagenet" / "train" / "a").mkdir(parents=True)
     with pytest.raises(KdrunError, match=r"dataset.root=.*imagenet: dataset=imagenet needs train/<class>/ and "
