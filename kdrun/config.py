@@ -305,10 +305,9 @@ def _check_recipe(prefix: str, m: DictConfig) -> None:
               "such as IMAGENET1K_V2")
     if m.pretrained is not False and m.get("checkpoint"):
         _fail(f"{prefix}.pretrained", m.pretrained, f"{prefix}.checkpoint gives every weight already: set one of them")
-    if m.library is None and not m.target:
-        from kdrun.models import check_kwargs
+    from kdrun.models import check_kwargs
 
-        check_kwargs(prefix, m.name, m.kwargs)
+    check_kwargs(prefix, m.name, m.kwargs, m.library, m.target)
 
 
 def check(cfg: DictConfig) -> None:
