@@ -156,3 +156,14 @@ def test_test_subset_for_quick_checks(imagenet_tree):
     assert len(set(torch.cat([y for _, y in data.loader("train", 16)]).tolist())) > 1
     fake = build_data(make_cfg("dataset=fake", "dataset.test_subset=10").dataset, "/unused", CPU)
     assert fake.sizes["test"] == 10
+
+
+@pytest.mark.parametrize("dataset", ["fake", "imagenet"])
+def test_under_the_published_protocol_the_validation_labels_are_the_test_labels(dataset, imagenet_tree):
+    """dataset.protocol=best_test_epoch: the test set stands in for the validation split, its labels too."""
+    cfg = make_cfg(f"dataset={dataset}", "dataset.image_size=16", "dataset.num_workers=0",
+                   "dataset.protocol=best_test_epoch").dataset
+    data = build_data(cfg, str(imagenet_tree), CPU)
+    read = torch.cat([y for _, y in data.loader("val", 64)])
+    assert len(read) == data.sizes["val"] == data.sizes["test"]
+    assert torch.equal(data.labels("val"), read) and torch.equal(data.labels("val"), data.labels("test"))
