@@ -15,7 +15,7 @@ from torchvision import transforms
 
 from kdrun import KdrunError
 from kdrun.data import DataBundle, fingerprint, register_dataset, sample, split_indices
-from kdrun.data.folders import loader_bundle
+from kdrun.data.folders import SeededItems, labels_of, loader_bundle
 from kdrun.data.memory import TensorLoader
 
 # A stalled connection fails a download (data, or pretrained weights) after this long, with the one
@@ -361,11 +361,29 @@ def custom(cfg, root: Path, device) -> DataBundle:
         tr, va = split_indices(len(pool), cfg.val_split, cfg.split_seed)
         val, indices = train, {"train": pool[tr], "val": pool[va], "test": test_idx}
     datasets = {"train": (train, train), "val": (None, val), "test": (None, test)}
-    digest = fingerprint([repr((type(train).__name__, len(train), type(test).__name__, len(test))).encode(),
-                          *indices.values()])
-    bundle = loader_bundle(cfg, device, datasets, indices, num_classes, x.shape[0], x.shape[-1], digest)
+    bundle = loader_bundle(cfg, device, datasets, indices, num_classes, x.shape[0], x.shape[-1],
+                           _items_fingerprint({k: v[1] for k, v in datasets.items()}, indices))
     bundle.classes = [str(c) for c in train.classes] if hasattr(train, "classes") else None
     return bundle
+
+
+def _items_fingerprint(datasets: dict, indices: dict) -> str:
+    """What datasets of your own hold, for the teacher cache (which ignores dataset.root, so that a
+    moved dataset keeps its teachers): per split, the dataset's type and length, the chosen indices,
+    their labels when the dataset lists them (`targets`; others are not read whole for this), and 32
+    items spread over the split, read as the loaders read them under a fixed seed (so a dataset that
+    augments its items gives the same digest each run)."""
+    parts = []
+    for split, dataset in datasets.items():
+        chosen = indices[split]
+        parts += [f"{split} {type(dataset).__name__} {len(dataset)}".encode(), chosen]
+        if hasattr(dataset, "targets"):
+            parts.append(torch.tensor(labels_of(dataset, chosen.tolist())))
+        items = SeededItems(dataset, chosen.tolist())
+        for i in sample(len(chosen), 32).tolist():
+            x, y = items[(0, i)][:2]
+            parts += [torch.as_tensor(x).detach().cpu(), torch.tensor([int(y)])]
+    return fingerprint(parts)
 
 
 def _load_image(path: str):
