@@ -14,6 +14,7 @@ test image through it).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -37,11 +38,9 @@ def mixture_accuracy(run_dir: Path) -> tuple[float, int]:
 
 
 def _mean_std(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return f"{100 * mean:.2f}"
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    """In percent: the mean, and the sample standard deviation when there are two values or more."""
+    mean = 100 * statistics.fmean(values)
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
 def write_report(out: Path, runs: dict, depth: int) -> str:
