@@ -305,10 +305,9 @@ def _check_recipe(prefix: str, m: DictConfig) -> None:
               "such as IMAGENET1K_V2")
     if m.pretrained is not False and m.get("checkpoint"):
         _fail(f"{prefix}.pretrained", m.pretrained, f"{prefix}.checkpoint gives every weight already: set one of them")
-    if m.library is None and not m.target:
-        from kdrun.models import check_kwargs
+    from kdrun.models import check_kwargs
 
-        check_kwargs(prefix, m.name, m.kwargs)
+    check_kwargs(prefix, m.name, m.kwargs, m.library, m.target)
 
 
 def check(cfg: DictConfig) -> None:
@@ -338,11 +337,12 @@ def check(cfg: DictConfig) -> None:
         _fail("dist_timeout_s", cfg.dist_timeout_s, "the seconds a process waits for the others must be > 0")
     if cfg.ensemble.combine not in COMBINES:
         _fail("ensemble.combine", cfg.ensemble.combine, f"choose one of {', '.join(COMBINES)}")
-    if len(teacher_members(cfg)) > 1:  # (also checks the ensemble's settings)
+    options = member_options(cfg)  # each option's model file read once, for both checks
+    if len(teacher_members(cfg, options)) > 1:  # (also checks the ensemble's settings)
         ensemble_combine(cfg)
     # Several options selected: each member's own recipe is used, the merged top level is not.
     if len(cfg.teacher.members) > 1:
-        for option, node in member_options(cfg).items():
+        for option, node in options.items():
             _check_recipe(f"teacher.members.{option}", node)
     else:
         _check_recipe("teacher", cfg.teacher)
@@ -417,15 +417,16 @@ def _check_scheme(s: DictConfig) -> None:
         _fail("scheme.T", s.T, "the temperature must be > 0 (the paper's is 3)")
 
 
-def teacher_members(cfg: DictConfig) -> Dict[str, DictConfig]:
+def teacher_members(cfg: DictConfig, options: Optional[Dict[str, DictConfig]] = None) -> Dict[str, DictConfig]:
     """The teacher's config nodes by name: {"teacher": cfg.teacher} for one teacher; for an ensemble
     (several options selected, or teacher.ensemble_seeds), one node per member and seed, named
-    `<option>` or `<option>.s<seed>`, each with its seed filled in."""
+    `<option>` or `<option>.s<seed>`, each with its seed filled in. `options`: member_options(cfg),
+    when the caller has it already."""
     t = cfg.teacher
     if len(t.members) < 2 and not t.ensemble_seeds:
         return {"teacher": t}
     out = {}
-    for option, node in member_options(cfg).items():
+    for option, node in (options if options is not None else member_options(cfg)).items():
         for seed in t.ensemble_seeds or [None]:
             member = node.copy()
             if seed is not None:

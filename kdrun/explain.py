@@ -4,8 +4,9 @@
     kdrun-explain RUN_DIR --index N         the path of test image N: RUN_DIR/explain_test<N>.png + a list
     kdrun-explain RUN_DIR --image FILE      the same for an image file
 
-The tree is the run's student (checkpoints/student_best.pt, or --checkpoint), rebuilt from the run's
-config (.hydra/config.yaml). Figures are drawn with matplotlib's Figure (no pyplot, no display), as
+The tree is the run's student (checkpoints/student_best.pt, or --checkpoint), loaded by
+kdrun.export.load_model from what the file records; the run's config (.hydra/config.yaml) gives the
+test images of --index (the dataset is read for them only). Figures are drawn with matplotlib's Figure (no pyplot, no display), as
 in kdrun/plots.py.
 """
 from __future__ import annotations
@@ -21,13 +22,11 @@ from kdrun import KdrunError
 
 
 def load_tree(run_dir: Path, checkpoint: Optional[Path] = None, data_dir: Optional[str] = None):
-    """(config, data, tree in eval mode) of a run whose student is a soft decision tree."""
+    """(the run's config, its soft decision tree in eval mode, the tree's ModelInfo), the tree loaded
+    as kdrun.export.load_model loads any model kdrun wrote."""
     from omegaconf import OmegaConf
 
-    from kdrun.checkpoint import load_weights
-    from kdrun.data import build_data
-    from kdrun.models import build_from_config, model_meta
-    from kdrun.models.soft_tree import SoftTree
+    from kdrun.export import load_model
 
     config = run_dir / ".hydra" / "config.yaml"
     if not config.is_file():
@@ -38,12 +37,17 @@ def load_tree(run_dir: Path, checkpoint: Optional[Path] = None, data_dir: Option
     if cfg.student.name != "soft_tree":
         raise KdrunError(f"RUN_DIR={run_dir}: its student is {cfg.student.name}, not a soft decision tree; "
                          "explain a run of student=soft_tree")
-    data = build_data(cfg.dataset, cfg.data_dir, torch.device("cpu"))
-    tree = build_from_config(cfg.student, data)
-    assert isinstance(tree, SoftTree)
-    load_weights(tree, checkpoint or run_dir / "checkpoints" / "student_best.pt", "--checkpoint",
-                 **model_meta(cfg.student, data))
-    return cfg, data, tree.eval()
+    tree, info = load_model(checkpoint or run_dir, data_dir=cfg.data_dir)
+    if info.arch != "soft_tree":
+        raise KdrunError(f"--checkpoint={checkpoint}: holds a {info.arch}, not a soft decision tree")
+    return cfg, tree, info
+
+
+def run_data(cfg):
+    """The run's dataset, on the CPU (for its test images)."""
+    from kdrun.data import build_data
+
+    return build_data(cfg.dataset, cfg.data_dir, torch.device("cpu"))
 
 
 def leaf_reach(tree) -> torch.Tensor:
@@ -150,17 +154,17 @@ def path_figure(tree, x: torch.Tensor, shown: torch.Tensor, path: Path, title: s
     return list(zip(nodes, p_right)), leaf
 
 
-def _file_image(file: Path, data, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """(normalised image, image in [0, 1]) from an image file, resized to the data's shape."""
+def _file_image(file: Path, info) -> tuple[torch.Tensor, torch.Tensor]:
+    """(normalised image, image in [0, 1]) from an image file, resized to the model's input (ModelInfo)."""
     from PIL import Image, UnidentifiedImageError
     from torchvision.transforms.functional import pil_to_tensor, resize
 
     try:
-        picture = Image.open(file).convert("L" if data.in_channels == 1 else "RGB")
+        picture = Image.open(file).convert("L" if info.in_channels == 1 else "RGB")
     except (OSError, UnidentifiedImageError) as e:
         raise KdrunError(f"--image={file}: not a readable image ({e})") from None
-    shown = resize(pil_to_tensor(picture).float() / 255, [data.image_size, data.image_size], antialias=True)
-    return (shown - _stat(cfg.dataset.mean)) / _stat(cfg.dataset.std), shown
+    shown = resize(pil_to_tensor(picture).float() / 255, [info.image_size, info.image_size], antialias=True)
+    return (shown - _stat(info.mean)) / _stat(info.std), shown
 
 
 def explain_image(tree, x: torch.Tensor, shown: torch.Tensor, out: Path, name: str, label: Optional[int] = None) -> str:
@@ -198,17 +202,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         if args.levels < 1:
             raise KdrunError(f"--levels={args.levels}: draw at least 1 level")
-        cfg, data, tree = load_tree(args.run_dir, args.checkpoint, args.data_dir)
+        cfg, tree, info = load_tree(args.run_dir, args.checkpoint, args.data_dir)
         if args.index is None and args.image is None:
             out = tree_figure(tree, args.out or args.run_dir / "tree.png", tree.depth if args.full else args.levels)
             print(f"wrote {out}")
             return
         if args.image is not None:
-            x, shown = _file_image(args.image, data, cfg)
+            x, shown = _file_image(args.image, info)
             out = args.out or args.run_dir / f"explain_{args.image.stem}.png"
             print(explain_image(tree, x, shown, out, args.image.name))
         else:
-            print(explain_test_image(cfg, data, tree, args.index,
+            print(explain_test_image(cfg, run_data(cfg), tree, args.index,
                                      args.out or args.run_dir / f"explain_test{args.index}.png"))
     except KdrunError as e:
         sys.exit(f"kdrun-explain: error: {e}")

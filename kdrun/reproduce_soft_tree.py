@@ -14,6 +14,7 @@ test image through it).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -29,19 +30,17 @@ JOBS = {"labels": ["kd=none"], "distilled": ["kd=hinton"]}
 def mixture_accuracy(run_dir: Path) -> tuple[float, int]:
     """(test accuracy of the run's tree when it predicts with the mixture of all its leaves, its depth)."""
     from kdrun.engine import evaluate
-    from kdrun.explain import load_tree
+    from kdrun.explain import load_tree, run_data
 
-    _, data, tree = load_tree(run_dir)
+    cfg, tree, _ = load_tree(run_dir)
     tree.prediction = "mixture"
-    return evaluate(tree, data.loader("test", 1024), torch.device("cpu"))["acc"], tree.depth
+    return evaluate(tree, run_data(cfg).loader("test", 1024), torch.device("cpu"))["acc"], tree.depth
 
 
 def _mean_std(values: list[float]) -> str:
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return f"{100 * mean:.2f}"
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{100 * mean:.2f} ± {100 * std:.2f}"
+    """In percent: the mean, and the sample standard deviation when there are two values or more."""
+    mean = 100 * statistics.fmean(values)
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
 def write_report(out: Path, runs: dict, depth: int) -> str:
@@ -79,11 +78,11 @@ def write_report(out: Path, runs: dict, depth: int) -> str:
 
 
 def figures(run_dir: Path, out: Path) -> None:
-    from kdrun.explain import explain_test_image, load_tree, tree_figure
+    from kdrun.explain import explain_test_image, load_tree, run_data, tree_figure
 
-    cfg, data, tree = load_tree(run_dir)
+    cfg, tree, _ = load_tree(run_dir)
     tree_figure(tree, out / "tree.png")
-    print(explain_test_image(cfg, data, tree, 0, out / "explain_test0.png"))
+    print(explain_test_image(cfg, run_data(cfg), tree, 0, out / "explain_test0.png"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -50,6 +50,22 @@ def make(root, n_train=40):
     return Shapes(n_train, 0), Shapes(16, 1)
 
 
+class Jittered(Shapes):
+    """Shapes whose images are read from `root/noise.pt` and augmented with random jitter."""
+
+    def __init__(self, n, seed, noise):
+        super().__init__(n, seed)
+        self.noise = noise
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x + 0.01 * torch.rand(()), y
+
+
+def from_root(root):
+    return Jittered(40, 0, torch.load(root + "/noise.pt")), Shapes(16, 1)
+
+
 class MeanMatch(KDMethod):
     """A made-up method: the student's mean logit towards the teacher's."""
 
@@ -90,3 +106,24 @@ def test_custom_settings_that_cannot_work(tmp_path, user_module, override, messa
                    "kd=none", override, tmp=tmp_path)
     with pytest.raises(KdrunError, match=message):
         run(cfg, tmp_path / "run")
+
+
+def test_the_teacher_cache_tells_apart_datasets_that_differ_only_in_their_data(tmp_path, user_module):
+    """dataset.root is not part of the teacher's key (a moved dataset keeps its teachers): the digest of
+    what the datasets hold is. Same factory, kwargs, types, lengths and labels; other images."""
+    import torch
+
+    from kdrun.data import build_data
+
+    cfg = make_cfg("dataset=custom", "dataset.target=my_kd.from_root").dataset
+
+    def digest(folder):
+        cfg.root = str(folder)
+        return build_data(cfg, "/unused", torch.device("cpu")).fingerprint
+
+    for name, seed in (("a", 0), ("b", 1)):
+        (tmp_path / name).mkdir()
+        torch.save(torch.rand(40, 2, 12, 12, generator=torch.Generator().manual_seed(seed)), tmp_path / name / "noise.pt")
+    assert digest(tmp_path / "a") == digest(tmp_path / "a")  # its random augmentation does not change it
+    assert digest(tmp_path / "a") != digest(tmp_path / "b")
+

@@ -38,6 +38,9 @@ FAKE = ["dataset=fake", "teacher=lenet5", "student=lenet5"]
         ("teacher.exclude_classes=[10]", r"^teacher.exclude_classes=\[10\]: the data has classes 0..9 only"),
         ("dataset.num_train=0", r"^dataset.num_train=0: the fake dataset needs at least 2 training images"),
         ("dataset.num_test=0", r"^dataset.num_test=0: the fake dataset needs at least 1 test image"),
+        # A key a kdrun model does not take, found by the config check: the teacher would otherwise train first.
+        ("student.kwargs.width=3", r"^model lenet5: no argument 'width' \(its kwargs are none\): check the model's "
+                                   r"kwargs \(student.kwargs\)$"),
     ],
 )
 def test_bad_values_fail_before_training(tmp_path, override, message):

@@ -118,7 +118,9 @@ def test_soft_tree_settings_are_checked_before_any_training(tmp_path):
     # With the config's value checks, naming the node: a teacher would otherwise train first.
     with pytest.raises(KdrunError, match=r"^student.kwargs.depth=0: must be between 1 and 16"):
         run(make_cfg("student=soft_tree", "student.kwargs.depth=0", tmp=tmp_path), tmp_path / "r")
-    with pytest.raises(KdrunError, match=r"^teacher.kwargs: .*unexpected keyword argument 'width'"):
+    with pytest.raises(KdrunError, match=r"^model soft_tree: no argument 'width' \(its kwargs are depth, beta, "
+                                         r"penalty, ema_window, prediction\): check the model's kwargs "
+                                         r"\(teacher.kwargs\)$"):
         run(make_cfg("teacher=soft_tree", "+teacher.kwargs.width=3", tmp=tmp_path), tmp_path / "r")
     assert not (tmp_path / "teachers").exists()
     with pytest.raises(KdrunError, match=r"soft_tree kwargs.prediction=vote: choose one of max_path, mixture"):

@@ -119,6 +119,29 @@ def test_random_crops_depend_on_the_epoch_and_image_alone_not_on_the_workers(ima
     assert not torch.equal(first[0], second[0])
 
 
+def test_reading_images_in_process_leaves_the_gpu_random_streams_alone(imagenet_tree, monkeypatch):
+    """With num_workers=0 on a GPU, each item is read in the training process: seeding its augmentation
+    must not reseed the device generators (dropout's, the engine's), which nothing restores."""
+    reseeded = []
+    for module, name in ((torch.cuda, "manual_seed_all"), (torch.mps, "manual_seed"), (torch.xpu, "manual_seed_all")):
+        monkeypatch.setattr(module, name, lambda seed, name=f"{module.__name__}.{name}": reseeded.append(name))
+    data = _imagenet(imagenet_tree)
+    next(iter(data.loader("train", 4, shuffle=True, augment=True)))
+    assert reseeded == []
+
+
+def test_the_fingerprint_lists_each_file_relative_to_its_tree_as_it_always_did(imagenet_tree):
+    """The list is sliced from the paths (pathlib per file is slow on ImageNet): the same strings as
+    pathlib's, so the teacher-cache keys of existing caches stay valid."""
+    from pathlib import Path
+
+    from kdrun.data.builders import _files, _image_tree
+
+    tree = _image_tree(imagenet_tree / "imagenet" / "train", imagenet_tree)
+    assert _files(tree) == [(Path(p).relative_to(tree.root).as_posix(), c) for p, c in tree.samples]
+    assert _files(tree)[0] == ("n01/0.png", 0)
+
+
 def test_imagenet_needs_train_and_val_folders(tmp_path):
     (tmp_path / "imagenet" / "train" / "a").mkdir(parents=True)
     with pytest.raises(KdrunError, match=r"dataset.root=.*imagenet: dataset=imagenet needs train/<class>/ and "
@@ -133,3 +156,14 @@ def test_test_subset_for_quick_checks(imagenet_tree):
     assert len(set(torch.cat([y for _, y in data.loader("train", 16)]).tolist())) > 1
     fake = build_data(make_cfg("dataset=fake", "dataset.test_subset=10").dataset, "/unused", CPU)
     assert fake.sizes["test"] == 10
+
+
+@pytest.mark.parametrize("dataset", ["fake", "imagenet"])
+def test_under_the_published_protocol_the_validation_labels_are_the_test_labels(dataset, imagenet_tree):
+    """dataset.protocol=best_test_epoch: the test set stands in for the validation split, its labels too."""
+    cfg = make_cfg(f"dataset={dataset}", "dataset.image_size=16", "dataset.num_workers=0",
+                   "dataset.protocol=best_test_epoch").dataset
+    data = build_data(cfg, str(imagenet_tree), CPU)
+    read = torch.cat([y for _, y in data.loader("val", 64)])
+    assert len(read) == data.sizes["val"] == data.sizes["test"]
+    assert torch.equal(data.labels("val"), read) and torch.equal(data.labels("val"), data.labels("test"))

@@ -123,10 +123,13 @@ def test_as_validation(bundle: DataBundle) -> DataBundle:
         "dataset.protocol=best_test_epoch: every training image trains and the best epoch is chosen on the test "
         "set, as the published CIFAR tables do; its accuracy is not an unbiased estimate (for comparisons only)")
 
-    def make_loader(split, *args):
-        return bundle.make_loader("test" if split == "val" else split, *args)
+    def as_test(split: str) -> str:
+        return "test" if split == "val" else split
 
-    return dataclasses.replace(bundle, sizes={**bundle.sizes, "val": bundle.sizes["test"]}, make_loader=make_loader)
+    labels = bundle.split_labels
+    return dataclasses.replace(bundle, sizes={**bundle.sizes, "val": bundle.sizes["test"]},
+                               make_loader=lambda split, *args: bundle.make_loader(as_test(split), *args),
+                               split_labels=(lambda split: labels(as_test(split))) if labels else None)
 
 
 from kdrun.data import builders  # noqa: E402,F401  (registers the builders)

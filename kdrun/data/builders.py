@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import socket
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from torchvision import transforms
 
 from kdrun import KdrunError
 from kdrun.data import DataBundle, fingerprint, register_dataset, sample, split_indices
-from kdrun.data.folders import loader_bundle
+from kdrun.data.folders import SeededItems, labels_of, loader_bundle
 from kdrun.data.memory import TensorLoader
 
 # A stalled connection fails a download (data, or pretrained weights) after this long, with the one
@@ -276,14 +277,21 @@ def _sample(indices: torch.Tensor, limit, seed: int) -> torch.Tensor:
     return indices[torch.randperm(len(indices), generator=torch.Generator().manual_seed(seed))[:limit].sort().values]
 
 
+def _files(tree) -> list:
+    """(`Path(path).relative_to(tree.root).as_posix()`, class) of each file ImageFolder found (its path
+    is the root, a separator, the rest), without pathlib's parsing per file: 0.02 s for 100k paths
+    against 0.6 s (2 CPU cores, 2026-11-26), seconds saved per run on ImageNet's 1.3M files."""
+    start = len(os.path.join(tree.root, ""))
+    return [(path[start:].replace(os.sep, "/"), c) for path, c in tree.samples]
+
+
 def _trees(cfg, device, tree, test_tree, pool, test_idx, augmented, plain, size: int) -> DataBundle:
     """The bundle of a train tree (train and val splits, from the indices in `pool`) and a test tree."""
     pool = _sample(pool, cfg.train_subset, cfg.split_seed + 2)
     tr, va = split_indices(len(pool), cfg.val_split, cfg.split_seed)
     indices = {"train": pool[tr], "val": pool[va], "test": _sample(test_idx, cfg.test_subset, cfg.split_seed + 3)}
     # The file list, the splits, and the bytes of a few files spread over each tree.
-    files = [(Path(p).relative_to(t.root).as_posix(), c) for t in {id(tree): tree, id(test_tree): test_tree}.values()
-             for p, c in t.samples]
+    files = [f for t in {id(tree): tree, id(test_tree): test_tree}.values() for f in _files(t)]
     read = [Path(t.samples[i][0]).read_bytes() for t in (tree, test_tree) for i in sample(len(t), 32).tolist()]
     digest = fingerprint([repr(files).encode(), *indices.values(), *read])
 
@@ -353,11 +361,29 @@ def custom(cfg, root: Path, device) -> DataBundle:
         tr, va = split_indices(len(pool), cfg.val_split, cfg.split_seed)
         val, indices = train, {"train": pool[tr], "val": pool[va], "test": test_idx}
     datasets = {"train": (train, train), "val": (None, val), "test": (None, test)}
-    digest = fingerprint([repr((type(train).__name__, len(train), type(test).__name__, len(test))).encode(),
-                          *indices.values()])
-    bundle = loader_bundle(cfg, device, datasets, indices, num_classes, x.shape[0], x.shape[-1], digest)
+    bundle = loader_bundle(cfg, device, datasets, indices, num_classes, x.shape[0], x.shape[-1],
+                           _items_fingerprint({k: v[1] for k, v in datasets.items()}, indices))
     bundle.classes = [str(c) for c in train.classes] if hasattr(train, "classes") else None
     return bundle
+
+
+def _items_fingerprint(datasets: dict, indices: dict) -> str:
+    """What datasets of your own hold, for the teacher cache (which ignores dataset.root, so that a
+    moved dataset keeps its teachers): per split, the dataset's type and length, the chosen indices,
+    their labels when the dataset lists them (`targets`; others are not read whole for this), and 32
+    items spread over the split, read as the loaders read them under a fixed seed (so a dataset that
+    augments its items gives the same digest each run)."""
+    parts = []
+    for split, dataset in datasets.items():
+        chosen = indices[split]
+        parts += [f"{split} {type(dataset).__name__} {len(dataset)}".encode(), chosen]
+        if hasattr(dataset, "targets"):
+            parts.append(torch.tensor(labels_of(dataset, chosen.tolist())))
+        items = SeededItems(dataset, chosen.tolist())
+        for i in sample(len(chosen), 32).tolist():
+            x, y = items[(0, i)][:2]
+            parts += [torch.as_tensor(x).detach().cpu(), torch.tensor([int(y)])]
+    return fingerprint(parts)
 
 
 def _load_image(path: str):

@@ -38,11 +38,14 @@ class SeededItems(Dataset):
 
 @contextlib.contextmanager
 def _seeded(seed: int):
-    """torch's, Python's and NumPy's generators seeded (torchvision's transforms use the first, other
-    augmentation libraries the others), then restored: the reading process's own state is untouched."""
+    """torch's CPU, Python's and NumPy's generators seeded (torchvision's transforms use the first, other
+    augmentation libraries the others), then restored: the reading process's own state is untouched.
+    Only the CPU generator: torch.manual_seed would also reseed the CUDA/MPS/XPU ones, which fork_rng
+    (devices=[]) does not restore, so with num_workers=0 every item read would reset the GPU's random
+    stream (and it costs ~30x more per item)."""
     states = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)
         random.seed(seed)
         np.random.seed(seed % 2**32)
         try:
@@ -75,7 +78,7 @@ class SeededOrder(Sampler):
         return iter([(seed, i) for i in order.tolist()])
 
 
-def _labels(dataset: Dataset, indices: Sequence[int]) -> list:
+def labels_of(dataset: Dataset, indices: Sequence[int]) -> list:
     targets = getattr(dataset, "targets", None)  # torchvision's datasets list them; others are read
     return [int(targets[i]) if targets is not None else int(dataset[i][1]) for i in indices]
 
@@ -93,7 +96,7 @@ def loader_bundle(cfg, device: torch.device, datasets: Dict[str, Tuple[Optional[
         chosen = indices[split].tolist()
         kept = list(range(len(chosen)))  # positions in the split, which extras are indexed by
         if exclude:
-            kept = [p for p, y in zip(kept, _labels(dataset, chosen)) if y not in exclude]
+            kept = [p for p, y in zip(kept, labels_of(dataset, chosen)) if y not in exclude]
             chosen = [chosen[p] for p in kept]
         rows = {k: v[kept] for k, v in extras.items()} if extras else None
         workers = cfg.num_workers
@@ -107,7 +110,7 @@ def loader_bundle(cfg, device: torch.device, datasets: Dict[str, Tuple[Optional[
     return DataBundle(name=cfg.name, num_classes=num_classes, in_channels=in_channels, image_size=image_size,
                       sizes={k: len(v) for k, v in indices.items()}, make_loader=make_loader, in_memory=False,
                       fingerprint=fingerprint,
-                      split_labels=lambda split: torch.tensor(_labels(datasets[split][1], indices[split].tolist()),
+                      split_labels=lambda split: torch.tensor(labels_of(datasets[split][1], indices[split].tolist()),
                                                               dtype=torch.long))
 
 

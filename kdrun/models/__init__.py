@@ -27,8 +27,9 @@ _KWARGS_CHECKS: Dict[str, Callable[..., None]] = {}
 
 
 def register_kwargs_check(name: str):
-    """Registers a model's check of its kwargs: it takes them as keyword arguments and raises
-    ValueError("key=value: why") for a bad one. config.check runs it before any data is read."""
+    """Registers a model's check of its kwargs' values: it takes them as keyword arguments and raises
+    ValueError("key=value: why") for a bad one. config.check runs it (through check_kwargs, once the
+    keys are known to be the factory's arguments) before any data is read."""
 
     def register(fn: Callable[..., None]) -> Callable[..., None]:
         _KWARGS_CHECKS[name] = fn
@@ -37,18 +38,43 @@ def register_kwargs_check(name: str):
     return register
 
 
-def check_kwargs(setting: str, name: str, kwargs) -> None:
-    """Runs the kwargs check of model `name`, if it has one; `setting` (student, teacher...) names
-    the config node in the message."""
-    check = _KWARGS_CHECKS.get(name)
-    if check is None:
+def model_source(name: str, library: str | None = None, target: str | None = None) -> str:
+    """Where build_model() takes model `name` from: "custom" (your factory `target`, kdrun.custom),
+    "timm" (library=timm), "kdrun" (this zoo) or "torchvision" (any other name)."""
+    if target:
+        return "custom"
+    if library == "timm":
+        return "timm"
+    return "kdrun" if name in _REGISTRY else "torchvision"
+
+
+def check_kwargs(setting: str, name: str, kwargs, library: str | None = None, target: str | None = None) -> None:
+    """Checks the kwargs of a kdrun model before any training: every key must be an argument of its
+    factory, and its registered check (if any) must accept the values. `setting` (student, teacher...)
+    names the config node in the message. Torchvision's, timm's and your own factories pass their
+    **kwargs on to the model's class, so their keys are only checked when the model is built."""
+    if model_source(name, library, target) != "kdrun":
         return
-    try:
-        check(**kwargs)
-    except ValueError as e:
-        raise KdrunError(f"{setting}.kwargs.{e}") from None
-    except TypeError as e:  # an argument the model does not take
-        raise KdrunError(f"{setting}.kwargs: {e}; see the model's keys in the README") from None
+    _check_arguments(name, kwargs, setting)
+    check = _KWARGS_CHECKS.get(name)
+    if check is not None:
+        try:
+            check(**kwargs)
+        except ValueError as e:
+            raise KdrunError(f"{setting}.kwargs.{e}") from None
+
+
+def _check_arguments(name: str, kwargs, setting: str | None = None) -> None:
+    """Raises KdrunError for a key of `kwargs` that kdrun model `name`'s factory does not take."""
+    import inspect
+
+    accepted = inspect.signature(_REGISTRY[name]).parameters
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        options = [p for p in accepted if p not in ("num_classes", "in_channels", "image_size")]
+        where = f" ({setting}.kwargs)" if setting else ""
+        raise KdrunError(f"model {name}: no argument {', '.join(map(repr, unknown))} (its kwargs are "
+                         f"{', '.join(options) or 'none'}): check the model's kwargs{where}")
 
 
 def list_models() -> list[str]:
@@ -66,27 +92,21 @@ def build_model(
     library: str | None = None,
     **kwargs,
 ) -> nn.Module:
-    if target or (name in _REGISTRY and library is None):
+    source = model_source(name, library, target)
+    if source in ("custom", "kdrun"):
         if pretrained is not False:
             raise KdrunError(f"model {name} (pretrained={pretrained}): published weights exist for torchvision's and "
                              "timm's models only; set pretrained=false (or load yours with teacher.checkpoint)")
-    if target:
+    if source == "custom":
         from kdrun.custom import build_custom_model
 
         model = build_custom_model(target, num_classes, in_channels, image_size, kwargs)
-    elif library == "timm":
+    elif source == "timm":
         from kdrun.models.timm_models import build_timm
 
         model = build_timm(name, num_classes, in_channels, pretrained, **kwargs)
-    elif name in _REGISTRY:
-        import inspect
-
-        accepted = inspect.signature(_REGISTRY[name]).parameters
-        unknown = sorted(set(kwargs) - set(accepted))
-        if unknown and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-            options = [p for p in accepted if p not in ("num_classes", "in_channels", "image_size")]
-            raise KdrunError(f"model {name}: no argument {', '.join(map(repr, unknown))} (its kwargs are "
-                             f"{', '.join(options) or 'none'}): check the model's kwargs")
+    elif source == "kdrun":
+        _check_arguments(name, kwargs)
         model = _REGISTRY[name](num_classes=num_classes, in_channels=in_channels, image_size=image_size, **kwargs)
     else:
         from kdrun.models.tv import build_torchvision
@@ -143,9 +163,10 @@ def weights_identity(node) -> str | None:
     """The published weights a config node asks for, resolved without downloading (`true` becomes the
     library's current default), for digests: None without them."""
     pretrained = node.get("pretrained", False)
-    if pretrained is False or node.get("target") or (node.name in _REGISTRY and node.get("library") is None):
+    source = model_source(node.name, node.get("library"), node.get("target"))
+    if pretrained is False or source in ("custom", "kdrun"):
         return None
-    if node.get("library") == "timm":
+    if source == "timm":
         from kdrun.models.timm_models import full_name
 
         return f"timm {full_name(node.name, pretrained)}"
@@ -184,7 +205,7 @@ def rebuilds_first_conv(name: str, in_channels: int, library: str | None = None,
     """Whether build_model() swaps the first Conv2d of a stock torchvision model for one that takes
     `in_channels` (kdrun.models.tv): its weights then load only into a model adapted the same way.
     (timm builds its models for any channel count itself; kdrun's and your own are built for them.)"""
-    return target is None and library is None and name not in _REGISTRY and in_channels != 3
+    return model_source(name, library, target) == "torchvision" and in_channels != 3
 
 
 from kdrun.models import cifar, lenet, mlp, soft_tree  # noqa: E402,F401  (registers the zoo)

@@ -65,50 +65,46 @@ class CifarResNet(nn.Module):
 _NARROW, _WIDE = [16, 16, 32, 64], [32, 64, 128, 256]
 
 
-def _resnet(depth, widths, num_classes, in_channels):
-    return CifarResNet(depth, widths, num_classes, in_channels)
-
-
 @register_model
 def cifar_resnet8(num_classes: int, in_channels: int, image_size: int):
-    return _resnet(8, _NARROW, num_classes, in_channels)
+    return CifarResNet(8, _NARROW, num_classes, in_channels)
 
 
 @register_model
 def cifar_resnet14(num_classes: int, in_channels: int, image_size: int):
-    return _resnet(14, _NARROW, num_classes, in_channels)
+    return CifarResNet(14, _NARROW, num_classes, in_channels)
 
 
 @register_model
 def cifar_resnet20(num_classes: int, in_channels: int, image_size: int):
-    return _resnet(20, _NARROW, num_classes, in_channels)
+    return CifarResNet(20, _NARROW, num_classes, in_channels)
 
 
 @register_model
 def cifar_resnet32(num_classes: int, in_channels: int, image_size: int):
-    return _resnet(32, _NARROW, num_classes, in_channels)
+    return CifarResNet(32, _NARROW, num_classes, in_channels)
 
 
 @register_model
 def cifar_resnet44(num_classes: int, in_channels: int, image_size: int):
-    return _resnet(44, _NARROW, num_classes, in_channels)
+    return CifarResNet(44, _NARROW, num_classes, in_channels)
 
 
 @register_model
 def cifar_resnet56(num_classes: int, in_channels: int, image_size: int):
-    return _resnet(56, _NARROW, num_classes, in_channels)
+    return CifarResNet(56, _NARROW, num_classes, in_channels)
 
 
 @register_model
 def cifar_resnet110(num_classes: int, in_channels: int, image_size: int):
-    return _resnet(110, _NARROW, num_classes, in_channels)
+    return CifarResNet(110, _NARROW, num_classes, in_channels)
 
 
 @register_model
 def cifar_resnet8x4(num_classes: int, in_channels: int, image_size: int):
-    return _resnet(8, _WIDE, num_classes, in_channels)
+    return CifarResNet(8, _WIDE, num_classes, in_channels)
 
 
 @register_model
 def cifar_resnet32x4(num_classes: int, in_channels: int, image_size: int):
-    return _resnet(32, _WIDE, num_classes, in_channels)
+    return CifarResNet(32, _WIDE, num_classes, in_channels)
