@@ -99,7 +99,7 @@ def node_depths(depth: int) -> torch.Tensor:
 
 class SoftTree(nn.Module):
     """See the module's docstring. After each training forward, `label_loss(y)` and
-    `regularizers()` give the loss terms of that batch (the Distiller calls them)."""
+    `regularizers()` give the loss terms of that batch (every trainer takes them through kdrun.methods.base.label_terms)."""
 
     def __init__(self, in_features: int, num_classes: int, image_shape: tuple[int, ...], depth: int = 8,
                  beta: float = 1.0, penalty: float = 1.0, ema_window: float = 1.0, prediction: str = "max_path"):
