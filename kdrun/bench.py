@@ -4,8 +4,9 @@ MLP case, the default MNIST experiment (mlp1200 -> mlp800, Hinton KD, batch 128)
 for (a) the student trained alone, (b) KD with the live teacher, (c) KD with the teacher's cached
 logits, (d) the same KD run fed by a plain torchvision DataLoader with ToTensor (the usual way), and a
 bare eager PyTorch KD step on tensors already in memory; the ratios (c)/(a) and (c)/(d). Every case
-uses the speed settings a run would (amp, channels_last, cuda_graphs: all `auto`), and on CUDA (a)
-and (c) are also run with cuda_graphs=off, to show what the graphs buy.
+uses the speed settings a run would (amp, channels_last, cuda_graphs: all `auto`) and takes the step a
+run takes (kdrun.engine.make_train_step: the recipe's optimizer, grad_clip, fp16's loss scaler), and on
+CUDA (a) and (c) are also run with cuda_graphs=off, to show what the graphs buy.
 
 CNN case, a CIFAR-sized pair (resnet50 -> mobilenet_v2, 32x32x3, 100 classes, batch 128, shift and
 flip augmentation): kdrun's KD step against the bare eager loop written below (`bare_kd_steps`), with
@@ -35,9 +36,8 @@ from torchvision import datasets, transforms
 
 from kdrun import distributed
 from kdrun.data import build_data
-from kdrun.engine import make_optimizer, reseed, train_one_epoch
-from kdrun.speed import OptimizerStep
-from kdrun.step import TrainStep, use_graphs, warm_up
+from kdrun.engine import make_optimizer, make_train_step, reseed, train_one_epoch
+from kdrun.step import use_graphs, warm_up
 from kdrun.methods import build_methods
 from kdrun.methods.base import Distiller
 from kdrun.models import build_from_config
@@ -77,28 +77,25 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _throughput(distiller, loader, steps: int, device, recipe, data=None) -> float:
+def _throughput(distiller, loader, steps: int, device, recipe, data=None) -> tuple[float, float | None]:
     """Images/s (of all processes together) of kdrun's own epoch loop over `steps` batches, after a
-    warm-up of 10, which also captures the CUDA graph where one is used."""
-    graphs = data is not None and use_graphs(distiller, data, device) and distributed.world_size() == 1
-    update = OptimizerStep(make_optimizer(recipe, [p for p in distiller.parameters() if p.requires_grad],
-                                          capturable=graphs))
-    trainer = distributed.wrap(distiller)  # DDP in case (e)'s processes; itself otherwise
-    step = TrainStep(trainer, update, device, graphs=graphs)
+    warm-up of 10, which also captures the CUDA graph where one is used; and, where one was captured,
+    the images/s of that step replayed alone (the device's own pace), else None. `data`: the in-memory
+    data `loader` comes from (None: a loader of files, where a run tries no graphs)."""
+    graphs = data is not None and use_graphs(distiller, data, device)
+    step = make_train_step(distiller, recipe, device, graphs)  # DDP in case (e)'s processes
+    trainer, update = step.model, step.update
     train_one_epoch(trainer, _take(loader, 10), update, device, "warm-up", progress=False, step=step)
     _sync(device)  # the timed pass replays the graph captured above (same learning rate)
     rate = train_one_epoch(trainer, _take(loader, steps), update, device, "bench", progress=False,
                            step=step)["images_per_sec"]
-    if step.graph is not None:  # the device's own pace: the captured step replayed with no loader around it
-        start = time.perf_counter()
-        for _ in range(steps):
-            step.graph.replay()
-        _sync(device)
-        REPLAY[id(distiller)] = steps * step.batch_size / (time.perf_counter() - start)
-    return rate
-
-
-REPLAY: dict = {}  # images/s of the bare graph replay, by distiller (CUDA only)
+    if step.graph is None:
+        return rate, None
+    start = time.perf_counter()  # no loader around it
+    for _ in range(steps):
+        step.graph.replay()
+    _sync(device)
+    return rate, steps * step.batch_size / (time.perf_counter() - start)
 
 
 def bare_kd_steps(student, teacher, batches, optimizer, steps: int, T: float, alpha: float, amp_dtype) -> None:
@@ -167,25 +164,30 @@ def mlp_case(args, device) -> dict:
     if args.bare:
         cases["bare"] = ("bare eager PyTorch KD step (tensors in memory)", None, None)
 
-    def rate(key: str) -> float:
+    def rate(key: str) -> tuple[float, float | None]:
+        """The case's images/s, and its captured step's replayed alone (None: no graph)."""
         if key == "bare":
             reseed(cfg.seed, "student")
             student = accelerate(build_from_config(cfg.student, data).to(device), cfg, device)
             speed = speed_settings(cfg, device, student)
-            return _bare_rate(student, teacher, data, device, recipe, args.steps, cfg, speed)
+            return _bare_rate(student, teacher, data, device, recipe, args.steps, cfg, speed), None
         _, d, loader = cases[key]
         return _throughput(d, loader, args.steps, device, recipe, data if key != "d" else None)
 
     # Every case once per round, the rounds one after another: a slow spell of a shared machine then
     # slows every case of a round alike, and the per-round ratios and the medians stay comparable.
-    rounds = [{key: rate(key) for key in cases} for _ in range(args.rounds)]
+    measured = [{key: rate(key) for key in cases} for _ in range(args.rounds)]
+    rounds = [{key: images for key, (images, _) in m.items()} for m in measured]
     results = {key: statistics.median(r[key] for r in rounds) for key in cases}
-    replay = {key: REPLAY[id(d)] for key, (_, d, _) in cases.items() if id(d) in REPLAY}
+    replays = {key: [m[key][1] for m in measured if m[key][1] is not None] for key in cases}  # CUDA graphs only
+
+    def spread(values: list) -> str:
+        return f"  ({min(values):,.0f}-{max(values):,.0f})" if len(values) > 1 else ""
+
     print(f"kdrun bench, MLP case: {cfg.teacher.name} -> {cfg.student.name}, batch {bs}, {args.steps} steps per case "
           f"and round, median of {args.rounds} round(s)")
     for key, (label, _, _) in cases.items():
-        spread = f"  ({min(r[key] for r in rounds):,.0f}-{max(r[key] for r in rounds):,.0f})" if args.rounds > 1 else ""
-        print(f"  ({key}) {label:<52} {results[key]:>10,.0f} images/s{spread}")
+        print(f"  ({key}) {label:<52} {results[key]:>10,.0f} images/s{spread([r[key] for r in rounds])}")
     ratios = {}
 
     def ratio(num: str, den: str, note: str, name: str | None = None) -> None:
@@ -199,9 +201,11 @@ def mlp_case(args, device) -> dict:
     if "a0" in results:
         ratio("a", "a0", "(CUDA graphs on / off, the student alone)")
         ratio("c", "c0", "(CUDA graphs on / off, KD with cached logits)")
-    for key, value in replay.items():
-        results[f"replay_{key}"] = value
-        print(f"  ({key}) the captured step replayed alone (the device's pace)  {value:>10,.0f} images/s")
+    for key, values in replays.items():
+        if values:
+            results[f"replay_{key}"] = statistics.median(values)
+            print(f"  ({key}) the captured step replayed alone (the device's pace)  {results[f'replay_{key}']:>10,.0f} "
+                  f"images/s{spread(values)}")
     if "bare" in results:
         ratio("b", "bare", "(kdrun's live-teacher KD step against the bare eager one)")
     return {**results, **ratios}
@@ -220,9 +224,8 @@ def cnn_case(args, device) -> dict:
     speed = speed_settings(cfg, device, student)
     distiller = Distiller(student, teacher, build_methods(cfg.kd, cfg.student, cfg.teacher), 1 - cfg.alpha, **speed)
     graphs = use_graphs(distiller, data, device)
-    update = OptimizerStep(make_optimizer(recipe, [p for p in distiller.parameters() if p.requires_grad],
-                                          capturable=graphs))
-    step = TrainStep(distiller, update, device, graphs=graphs)
+    step = make_train_step(distiller, recipe, device, graphs)
+    update = step.update
     loader = data.loader("train", recipe.batch_size, shuffle=True, augment=True)
     warm = warm_up(step, loader, [student], None, device)
     # Two timed passes: the first is what epoch 1 sees after the warm-up (graph capture included).
@@ -260,7 +263,7 @@ def _ddp_worker(cfg, steps: int) -> None:
     distiller = Distiller(student, teacher, build_methods(cfg.kd, cfg.student, cfg.teacher), 0.1)
     loader = data.loader("train", cfg.student.batch_size, shuffle=True, augment=cfg.student.augment,
                          extras={"teacher_logits": logits})
-    result = _throughput(distiller, loader, steps, device, cfg.student)
+    result, _ = _throughput(distiller, loader, steps, device, cfg.student)
     if distributed.is_main():
         print(_DDP_LINE + json.dumps({"images_per_sec": result, "device": str(device)}), flush=True)
 

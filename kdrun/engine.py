@@ -63,6 +63,16 @@ def make_optimizer(recipe, params, capturable: bool = False) -> torch.optim.Opti
     return cls(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **({"capturable": True} if capturable else {}))
 
 
+def make_train_step(model: nn.Module, recipe, device: torch.device, graphs: bool = False) -> TrainStep:
+    """The training step of `model` as a run takes it: `recipe`'s optimizer over what requires
+    gradients (capturable when `graphs`: kdrun.step.use_graphs decides), fp16's loss scaler and the
+    recipe's grad_clip (kdrun.speed.OptimizerStep), on the model wrapped for DDP where several
+    processes train (kdrun.distributed.wrap). `step.update.optimizer` is the optimizer."""
+    optimizer = make_optimizer(recipe, [p for p in model.parameters() if p.requires_grad], capturable=graphs)
+    update = OptimizerStep(optimizer, grad_scaler(getattr(model, "amp_dtype", None), device), recipe.get("grad_clip"))
+    return TrainStep(distributed.wrap(model), update, device, graphs=graphs)
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON object per line, one line per model per epoch, written by rank 0 alone
     under DDP. fit() writes an epoch's
@@ -218,10 +228,9 @@ def fit(
         members = {role: (model.student, meta or {})}
     last_path = ckpt_dir / f"{role}_last.pt"
     best_paths = {name: ckpt_dir / f"{name}_best.pt" for name in members}
-    params = [p for p in model.parameters() if p.requires_grad]
-    graphs = use_graphs(model, data, device) and distributed.world_size() == 1
-    optimizer = make_optimizer(recipe, params, capturable=graphs)
-    update = OptimizerStep(optimizer, grad_scaler(getattr(model, "amp_dtype", None), device), recipe.get("grad_clip"))
+    step = make_train_step(model, recipe, device, use_graphs(model, data, device))
+    # `trainer`: DDP's wrapper under torchrun/SLURM, else `model`, which stays the one saved and evaluated.
+    trainer, update, optimizer = step.model, step.update, step.update.optimizer
     first_epoch = 1
     best: Dict[str, Tuple[int, Optional[float]]] = {name: (0, None) for name in members}
     if resume and last_path.exists():
@@ -245,8 +254,6 @@ def fit(
                                exclude=recipe.exclude_classes)
     val_loader = data.loader("val", 1024) if data.has_val else None
     epoch_log = EpochLog(epochs)
-    trainer = distributed.wrap(model)  # DDP under torchrun/SLURM; `model` stays the one saved and evaluated
-    step = TrainStep(trainer, update, device, graphs=graphs)
     # CUDA's one-time costs, paid here and reported, not hidden in the first epoch's time.
     warm_s = warm_up(step, train_loader, [m for m, _ in members.values()], val_loader, device) if first_epoch <= epochs else 0
 

@@ -115,6 +115,8 @@ class OptimizerStep:
     def __init__(self, optimizer: torch.optim.Optimizer, scaler: Optional[torch.amp.GradScaler] = None,
                  grad_clip: Optional[float] = None):
         self.optimizer, self.scaler, self.grad_clip = optimizer, scaler, grad_clip
+        # What clipping sees, listed once (loading a state dict keeps the groups' parameters).
+        self.params = [p for group in optimizer.param_groups for p in group["params"]] if grad_clip else []
         self.lr_at: Optional[Callable[[int], float]] = None
         self.step_in_epoch = 0
 
@@ -131,8 +133,7 @@ class OptimizerStep:
         if self.grad_clip:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
-            params = [p for group in self.optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)
         if self.scaler is None:
             self.optimizer.step()
         else:

@@ -62,11 +62,11 @@ class TrainStep:
 
     `step(x, y, extras)` trains on a batch and returns its outputs ({'loss', 'loss_*', 'logits'...}),
     valid until the next call. `begin_epoch()` zeroes the sums; `totals()` gives (sums, correct,
-    correct5, images seen)."""
+    correct5, images seen). `graphs`: replay the step as a CUDA graph, on a CUDA `device` (use_graphs
+    decides)."""
 
     def __init__(self, model: nn.Module, update, device: torch.device, graphs: bool = False):
-        self.model, self.update, self.device = model, update, device
-        self.graphs = graphs and device.type == "cuda"
+        self.model, self.update, self.device, self.graphs = model, update, device, graphs
         self.sums: dict = defaultdict(lambda: torch.zeros((), device=device))
         self.correct: dict = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.long))
         self.correct5: dict = defaultdict(lambda: torch.zeros((), device=device, dtype=torch.long))

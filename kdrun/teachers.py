@@ -33,19 +33,11 @@ log = logging.getLogger(__name__)
 # The run's settings that say how (fast) models train, which an ensemble's members train with too.
 SPEED_KEYS = ("amp", "channels_last", "compile", "cuda_graphs")
 
-# Bump when a change in kdrun would train a different teacher from the same config.
-CACHE_FORMAT = 2
+# Bump when a change in kdrun would train a different teacher from the same config, or the digest is
+# computed from the same things differently (3: every teacher and dataset key counts, also at its default).
+CACHE_FORMAT = 3
 # Dataset keys that say where the data lives or how it is read, not what it is.
 _NOT_IDENTITY = {"root", "num_workers", "prefetch_factor", "download"}
-# Keys added since CACHE_FORMAT 1 count only when set: at these values they train the teacher as before,
-# so the teachers already cached keep their digests.
-_ADDED_TEACHER = {"pretrained": False, "target": None, "library": None, "label_smoothing": 0.0,
-                  "warmup_epochs": 0, "grad_clip": None}
-_ADDED_DATASET = {"test_subset": None, "resize_size": None, "target": None, "kwargs": {}, "protocol": "validation"}
-
-
-def _identity(node: dict, added: dict) -> dict:
-    return {k: v for k, v in node.items() if not (k in added and v == added[k])}
 
 
 def teacher_seed(cfg) -> int:
@@ -56,14 +48,13 @@ def teacher_digest(cfg, data_fingerprint: str = "", precision: str = "") -> str:
     """sha256 over the architecture, training recipe, dataset settings (split, augmentation), the
     data itself (DataBundle.fingerprint: a cache never serves a teacher of other data that sits
     at the same path), seed, and the mixed precision it trains in, if any (kdrun.speed)."""
-    teacher = _identity({k: v for k, v in plain(cfg.teacher).items()
-                         if k not in ("checkpoint", "seed", "members", "ensemble_seeds")}, _ADDED_TEACHER)
-    dataset = _identity({k: v for k, v in plain(cfg.dataset).items() if k not in _NOT_IDENTITY}, _ADDED_DATASET)
-    identity = {"format": CACHE_FORMAT, "teacher": teacher, "dataset": dataset, "seed": teacher_seed(cfg),
-                "data": data_fingerprint, **({"precision": precision} if precision else {})}
+    teacher = {k: v for k, v in plain(cfg.teacher).items() if k not in ("checkpoint", "seed", "members", "ensemble_seeds")}
     weights = weights_identity(cfg.teacher)
     if weights:  # the weights themselves: `true` is the library's current default, which a release may change
         teacher["pretrained"] = weights
+    dataset = {k: v for k, v in plain(cfg.dataset).items() if k not in _NOT_IDENTITY}
+    identity = {"format": CACHE_FORMAT, "teacher": teacher, "dataset": dataset, "seed": teacher_seed(cfg),
+                "data": data_fingerprint, **({"precision": precision} if precision else {})}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -98,8 +89,7 @@ def get_teachers(cfg, data, device, run_metrics: MetricsLog, progress: bool, sho
     models, infos = {}, {}
     for name, node in members.items():
         member_cfg = OmegaConf.create({"teacher": plain(node), "dataset": plain(cfg.dataset), "seed": cfg.seed,
-                                       "teacher_cache": cfg.teacher_cache,
-                                       **{k: cfg[k] for k in SPEED_KEYS if k in cfg}})
+                                       "teacher_cache": cfg.teacher_cache, **{k: cfg[k] for k in SPEED_KEYS}})
         models[name], infos[name] = get_teacher(member_cfg, data, device, run_metrics, progress, should_stop, train,
                                                 label=f"teacher.{name}")
     combine = ensemble_combine(cfg)
@@ -150,7 +140,7 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
         else:
             source = "trained"
             log.info("teacher %s: training it into the cache (%s)", node.name, folder)
-            _train_into(folder, model, cfg, data, device, meta, progress, should_stop)
+            _train_into(folder, digest, model, cfg, data, device, meta, progress, should_stop)
             # The run's own metrics get the teacher's whole history (also when it resumed a partial one).
             for record in MetricsLog(folder / "metrics.jsonl").read():
                 run_metrics.write({**record, "model": label})
@@ -169,19 +159,18 @@ def get_teacher(cfg, data, device, run_metrics: MetricsLog, progress: bool, shou
 
 def _precision(cfg, device) -> str:
     """The autocast dtype a teacher trains in ('' for full precision): part of its digest."""
-    dtype = amp_dtype(cfg.amp, device) if "amp" in cfg else None
+    dtype = amp_dtype(cfg.amp, device)
     return "" if dtype is None else str(dtype).removeprefix("torch.")
 
 
-def _train_into(folder: Path, model, cfg, data, device, meta, progress, should_stop) -> None:
+def _train_into(folder: Path, digest: str, model, cfg, data, device, meta, progress, should_stop) -> None:
     node = cfg.teacher
     # The run's speed settings (mixed precision, channels-last, CUDA graphs) train the teacher too.
-    speed = speed_settings(cfg, device, model) if "amp" in cfg else {}
-    if speed.get("channels_last"):
+    speed = speed_settings(cfg, device, model)
+    if speed["channels_last"]:
         model.to(memory_format=torch.channels_last)
     trainer = Distiller(model, label_smoothing=node.label_smoothing, **speed).to(device)
     # A partial teacher (an interrupted job) resumes from its last epoch: its digest says it is the same.
-    digest = teacher_digest(cfg, data.fingerprint, _precision(cfg, device))
     result = fit(trainer, data, node, node.epochs, device, folder, "teacher", MetricsLog(folder / "metrics.jsonl"),
                  seed=teacher_seed(cfg), resume=True, config_digest=digest, meta=meta,
                  progress=progress, should_stop=should_stop)

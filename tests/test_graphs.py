@@ -1,4 +1,4 @@
-"""The training step as a CUDA graph (kdrun.graphs): the knob's rules and the warm-up on the CPU; on a
+"""The training step as a CUDA graph (kdrun.step): the knob's rules and the warm-up on the CPU; on a
 GPU (skipped without one), a graphed epoch against an eager one."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 
 from kdrun import KdrunError
 from kdrun.data import build_data
-from kdrun.engine import make_optimizer, reseed, train_one_epoch
+from kdrun.engine import make_train_step, reseed, train_one_epoch
 from kdrun.speed import OptimizerStep
 from kdrun.step import TrainStep, warm_up
 from kdrun.methods import build_methods
@@ -44,12 +44,11 @@ def _parts(device, *overrides):
 
 
 def _epoch(distiller, cfg, data, device, graphs, warm=False, epochs=2):
-    """`epochs` epochs of the Distiller; returns each epoch's metrics and the final weights."""
-    update = OptimizerStep(make_optimizer(cfg.student, [p for p in distiller.parameters() if p.requires_grad],
-                                          capturable=graphs), grad_clip=cfg.student.grad_clip)
-    optimizer = update.optimizer
-    step = TrainStep(distiller, update, device, graphs=graphs)
-    loader = data.loader("train", 32, shuffle=True, augment=True)
+    """`epochs` epochs of the Distiller, each at its own learning rate; returns each epoch's metrics,
+    the final weights and the TrainStep (which says whether it captured graphs)."""
+    step = make_train_step(distiller, cfg.student, device, graphs)
+    update, optimizer = step.update, step.update.optimizer
+    loader = data.loader("train", 32, shuffle=True, augment=True)  # 270 images: 8 batches of 32, one of 14
     if warm:
         warm_up(step, loader, [distiller.student], data.loader("val", 64), device, force=True)
     out = []
@@ -58,7 +57,7 @@ def _epoch(distiller, cfg, data, device, graphs, warm=False, epochs=2):
         for group in optimizer.param_groups:
             group["lr"] = cfg.student.lr / epoch
         out.append(train_one_epoch(distiller, loader, update, device, "t", progress=False, step=step))
-    return out, {k: v.detach().cpu().clone() for k, v in distiller.state_dict().items()}
+    return out, {k: v.detach().cpu().clone() for k, v in distiller.state_dict().items()}, step
 
 
 def test_the_cuda_warm_up_leaves_training_exactly_as_without_it():
@@ -68,8 +67,8 @@ def test_the_cuda_warm_up_leaves_training_exactly_as_without_it():
     methods = build_methods(cfg.kd, cfg.student, cfg.teacher)
     plain = Distiller(copy.deepcopy(student), teacher, methods, 0.1)
     warmed = Distiller(copy.deepcopy(student), teacher, copy.deepcopy(methods), 0.1)
-    a, wa = _epoch(plain, cfg, data, CPU, graphs=False)
-    b, wb = _epoch(warmed, cfg, data, CPU, graphs=False, warm=True)
+    a, wa, _ = _epoch(plain, cfg, data, CPU, graphs=False)
+    b, wb, _ = _epoch(warmed, cfg, data, CPU, graphs=False, warm=True)
     for ma, mb in zip(a, b):
         assert {k: v for k, v in ma.items() if k not in ("seconds", "images_per_sec")} == \
                {k: v for k, v in mb.items() if k not in ("seconds", "images_per_sec")}
@@ -92,8 +91,11 @@ def test_a_graphed_epoch_equals_an_eager_one_to_float_tolerance(overrides):
     eager = Distiller(copy.deepcopy(student), teacher, copy.deepcopy(methods), 0.1, example=example, **speed)
     graphed = Distiller(copy.deepcopy(student), teacher, copy.deepcopy(methods), 0.1, example=example, **speed)
     graphed.load_state_dict(eager.state_dict())
-    a, wa = _epoch(eager, cfg, data, device, graphs=False)
-    b, wb = _epoch(graphed, cfg, data, device, graphs=True)
+    a, wa, _ = _epoch(eager, cfg, data, device, graphs=False)
+    b, wb, step = _epoch(graphed, cfg, data, device, graphs=True)
+    # The graphs were used: a capture that fails trains on eagerly (one warning), which would pass every
+    # comparison below. Each epoch's learning rate is baked into a capture of its own (kdrun.step).
+    assert not step.failed and step.captures == len(b) and step.graph is not None
     for ma, mb in zip(a, b):
         # Float tolerance: the graphed update is the same arithmetic, but capturable Adam keeps its step
         # count on the device, which rounds its bias correction differently (seen: 1e-4 relative).

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kdrun import Interrupted
-from kdrun.engine import evaluate, lr_factor
+from kdrun.engine import evaluate, lr_factor, make_train_step
 from kdrun.methods.base import Distiller
 from kdrun.run import run
 from kdrun.speed import OptimizerStep, grad_scaler
@@ -87,6 +87,18 @@ def test_fp16_gradients_underflow_without_the_scaler_and_survive_with_it():
         step(out.float().sum() * 1e-8)
         moved[scaled] = w.detach().abs().max().item()
     assert moved[False] == 0.0 and moved[True] == pytest.approx(1e-8, rel=1e-3)
+
+
+def test_the_step_of_a_run_and_of_the_bench_clips_and_scales_fp16():
+    """kdrun.engine.make_train_step, where fit() and `make bench` both get their step: the recipe's
+    grad_clip, and fp16's loss scaler (bf16 and full precision need none)."""
+    recipe = make_cfg("student.grad_clip=0.5").student
+    step = make_train_step(Distiller(nn.Linear(4, 3), amp_dtype=torch.float16), recipe, CPU)
+    assert step.update.grad_clip == 0.5 and isinstance(step.update.scaler, torch.amp.GradScaler)
+    step.begin_epoch()
+    out = step(torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), {})
+    assert torch.isfinite(out["loss"]) and step.update.scaler.get_scale() == 2.0**16  # scaled, no overflow
+    assert make_train_step(Distiller(nn.Linear(4, 3)), make_cfg().student, CPU).update.scaler is None
 
 
 ARGS = ["dataset=fake", "dataset.num_train=200", "kd=none", "student=mlp800", "epochs=3", "student.warmup_epochs=2",
