@@ -371,6 +371,9 @@ def export_model(path, fmt: str, out=None, which: str = "student", overrides: Se
     (relative to the largest logit). Raises KdrunError when they do not."""
     if fmt not in FORMATS:
         raise KdrunError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if images < 1:
+        raise KdrunError(f"--images {images}: the export is checked on that many real test images: give 1 or more "
+                         "(256 by default)")
     model, info = load_model(path, which, "cpu", data_dir, **given)
     file = Path(info.path)
     if out is None:
@@ -430,7 +433,7 @@ def eval_cli(argv: Optional[list] = None) -> dict:
     parser = _parser("kdrun-eval", "Test accuracy (top-1/top-5), per-class accuracy and the confusion matrix of a "
                                    "model kdrun trained, on its dataset or any compatible one; no training.")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # the dataset overrides before, between or after the flags
     try:
         result = evaluate(args.path, args.overrides, args.which, args.device)
     except KdrunError as e:
@@ -467,7 +470,7 @@ def export_cli(argv: Optional[list] = None) -> dict:
                                      "and check the export against PyTorch on real test images.")
     parser.add_argument("--format", required=True, choices=list(FORMATS))
     parser.add_argument("--images", type=int, default=256, help="test images the export is checked on (256)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         result = export_model(args.path, args.format, args.out, args.which, args.overrides, images=args.images)
     except KdrunError as e:

@@ -19,10 +19,11 @@ import kdrun
 from kdrun import KdrunError
 from kdrun.checkpoint import load_weights
 from kdrun.data import build_data
-from kdrun.export import eval_cli, eval_main, evaluate, export_main, load_model
+from kdrun.export import ModelInfo, eval_cli, eval_main, evaluate, export_cli, export_main, load_model
 from kdrun.models import build_model, count_parameters, model_meta
 from kdrun.run import run
 from tests.conftest import ROOT, make_cfg
+from tests.datasets import write_imagenet_tree
 
 CPU = torch.device("cpu")
 # 28x28, one channel, 10 classes: teacher mlp1200, student mlp800 (the defaults); TINY turns the report off
@@ -164,6 +165,19 @@ def test_kdrun_eval_reproduces_the_summary_and_writes_the_confusion_matrix(runs,
         evaluate(runs["dir"], ["dataset.num_classes=5"])
     with pytest.raises(SystemExit, match=r"^kdrun-eval: error: .*has no peer1 model; choose one of: student, teacher"):
         eval_main([str(runs["dir"]), "--which", "peer1"])
+
+
+def test_the_commands_take_dataset_overrides_after_their_flags(runs, tmp_path):
+    """The README's usage puts [dataset overrides] after the flags."""
+    result = eval_cli([str(runs["dir"]), "--which", "teacher", "--out", str(tmp_path), "dataset.num_test=32"])
+    assert result["images"] == 32 and (tmp_path / "teacher_fake.json").is_file()
+    out = str(tmp_path / "s.safetensors")
+    assert export_cli([str(runs["dir"]), "--format", "safetensors", "--out", out, "dataset.num_test=32"])[
+        "check"]["images"] == 32
+    assert export_cli([str(runs["dir"]), "--format", "safetensors", "--out", out, "--images", "64"])[
+        "check"]["images"] == 64
+    with pytest.raises(SystemExit, match=r"^kdrun-export: error: --images 0: .*1 or more"):
+        export_cli([str(runs["dir"]), "--format", "safetensors", "--out", out, "--images", "0"])
 
 
 def test_the_commands_and_the_export_extra_are_declared():
