@@ -63,6 +63,13 @@ def test_deploy_figures_are_present_and_sane(runs):
     assert "compression" in runs["scratch"] and runs["scratch"]["compression"] is None  # no teacher to compare
 
 
+def test_measure_takes_the_device_as_a_string_or_a_torch_device():
+    """kdrun.measure(model, (C, H, W), device), the public API: "cpu" as load_model/evaluate take it."""
+    for device in ("cpu", CPU):
+        d = kdrun.measure(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), (1, 28, 28), device)
+        assert (d["macs"], d["flops"], d["params"]) == (7840, 2 * 7840, 7850) and d["throughput_device"] == "cpu"
+
+
 def test_the_end_of_run_table_shows_the_deployment_report(runs, capsys):
     from kdrun.report import print_summary
 
