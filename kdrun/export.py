@@ -368,7 +368,8 @@ def export_model(path, fmt: str, out=None, which: str = "student", overrides: Se
     """Exports a model kdrun trained to `fmt` (onnx, torchscript, safetensors) with its preprocessing
     (in the file's metadata where the format has it, and in <out>.json beside it), then checks it on the
     spot: the exported model's logits on `images` real test images must match PyTorch's within `atol`
-    (relative to the largest logit). Raises KdrunError when they do not."""
+    (relative to the largest logit). Raises KdrunError when they do not; the file stays, for inspection,
+    and its card records the failed check (`"ok": false`)."""
     if fmt not in FORMATS:
         raise KdrunError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if images < 1:
@@ -398,7 +399,8 @@ def export_model(path, fmt: str, out=None, which: str = "student", overrides: Se
               "arch": info.arch, "missing": info.missing, "check": check}
     if not check["ok"]:
         raise KdrunError(f"{out}: the exported model's logits differ from PyTorch's by up to {diff:.3g} on {len(x)} "
-                         f"test images (tolerance {atol * scale:.3g}): do not ship it")
+                         f"test images (tolerance {atol * scale:.3g}): do not ship it (it is left there to inspect; "
+                         f"{card_path.name} records the check, ok: false)")
     return result
 
 

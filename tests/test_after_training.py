@@ -3,6 +3,7 @@
 fake data, shared by the module's tests."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import shutil
@@ -246,6 +247,31 @@ def test_exports_match_pytorch_on_real_test_images(runs, tmp_path, capsys):
     assert torch.equal(fresh(x), reference)
     beside = json.loads((tmp_path / "s.safetensors.json").read_text())
     assert beside["std"] == [0.25] and beside["check"]["ok"] and beside["check"]["max_abs_diff"] == 0
+
+
+def test_an_export_that_differs_from_pytorch_is_refused_and_recorded(runs, tmp_path, monkeypatch):
+    """A file whose weights are off (here the last bias + 1: the same top-1 class, other logits) fails the
+    check: the command ends with one line, the file stays for inspection and its card says ok: false."""
+    from kdrun import export
+
+    real = export._export_safetensors
+
+    def corrupted(model, x, out, card):
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            list(model.parameters())[-1].add_(1.0)
+        return real(model, x, out, card)
+
+    monkeypatch.setattr(export, "_export_safetensors", corrupted)
+    out = tmp_path / "s.safetensors"
+    refused = (r"^kdrun-export: error: .*s\.safetensors: the exported model's logits differ from PyTorch's by up to "
+               r"1 on 256 test images .*do not ship it \(it is left there to inspect; s\.safetensors\.json records "
+               r"the check, ok: false\)$")
+    with pytest.raises(SystemExit, match=refused):
+        export_main([str(runs["dir"]), "--format", "safetensors", "--out", str(out)])
+    check = json.loads((tmp_path / "s.safetensors.json").read_text())["check"]
+    assert check["ok"] is False and check["max_abs_diff"] == pytest.approx(1.0, abs=1e-5)
+    assert check["top1_agreement"] == 1.0 and out.is_file()
 
 
 # --- a checkpoint written before this change ---------------------------------------------------
