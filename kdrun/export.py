@@ -56,15 +56,26 @@ class ModelInfo:
     missing: list = field(default_factory=list)  # what an older file did not record (filled in or unknown)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (0-255) or floats in [0, 1], (N, C, H, W) or one (C, H, W): resized to the
-        model's input size and normalised with its mean/std, as kdrun fed it in training."""
+        """uint8 images (0-255) or floats in [0, 1], (N, C, H, W) or one (C, H, W), brought to the
+        model's input as kdrun's test pipeline brought its dataset's images: for dataset=imagenet the
+        shorter side resized to dataset.resize_size (image_size * 256/224 by default), then the centre
+        image_size x image_size crop; otherwise resized to image_size x image_size (as image_folder
+        does; the in-memory datasets are at that size already). Bilinear with antialiasing, as
+        torchvision's Resize. Then normalised with the model's mean/std."""
+        from torchvision.transforms import functional as TF
+
         if self.mean is None or self.std is None:
             raise KdrunError(f"{self.path}: the file does not record its normalisation (mean/std): pass them to "
                              "load_model(..., mean=[...], std=[...])")
         x = images.unsqueeze(0) if images.dim() == 3 else images
         x = x.float() / 255 if not x.is_floating_point() else x.float()
-        if self.image_size and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        size = self.image_size
+        if size and (self.dataset or {}).get("name") == "imagenet":
+            # kdrun.data.builders.imagenet's evaluation transform: Resize(resize), CenterCrop(size)
+            resize = self.dataset.get("resize_size") or round(size * 256 / 224)
+            x = TF.center_crop(TF.resize(x, resize, antialias=True), [size, size])
+        elif size and tuple(x.shape[-2:]) != (size, size):
+            x = TF.resize(x, [size, size], antialias=True)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std

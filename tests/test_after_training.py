@@ -158,6 +158,30 @@ def test_load_model_reproduces_the_run_test_accuracy_exactly(runs):
     assert (teacher(x).argmax(1) == y).float().mean().item() == runs["kd"]["teacher"]["test_acc"]
 
 
+def test_preprocess_resizes_and_crops_as_the_recorded_dataset_tested(tmp_path):
+    """dataset=imagenet tests on the shorter side resized to resize_size and the centre image_size crop:
+    preprocess() feeds a non-square image the same way (image_folder resizes both sides to image_size)."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    write_imagenet_tree(tmp_path / "imagenet", classes=("n01", "n02"), train=2, val=1, shape=(30, 40))
+    cfg = make_cfg("dataset=imagenet", "dataset.image_size=16", "dataset.resize_size=20", "dataset.num_workers=0")
+    data = build_data(cfg.dataset, str(tmp_path), CPU)
+    info = ModelInfo(arch="resnet18", num_classes=2, in_channels=3, image_size=16, mean=list(cfg.dataset.mean),
+                     std=list(cfg.dataset.std), dataset=data.config)
+    fed = next(iter(data.loader("test", 2)))[0][0]  # val/n01/0.png as the run tested it
+    image = Image.open(tmp_path / "imagenet" / "val" / "n01" / "0.png").convert("RGB")
+    raw = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (3, 30, 40) uint8
+    x = info.preprocess(raw)
+    assert x.shape == (1, 3, 16, 16) and (x[0] - fed).abs().max() < 0.05  # PIL's and torch's resizing round apart
+    # image_folder: both sides resized to image_size (another image from the same file)
+    squashed = ModelInfo(**{**info.__dict__, "dataset": {**data.config, "name": "image_folder"}}).preprocess(raw)
+    mean, std = torch.tensor(info.mean).view(3, 1, 1), torch.tensor(info.std).view(3, 1, 1)
+    assert (squashed[0] - (TF.to_tensor(TF.resize(image, [16, 16])) - mean) / std).abs().max() < 0.05
+    assert (squashed[0] - fed).abs().max() > 0.5
+
+
 def test_kdrun_eval_reproduces_the_summary_and_writes_the_confusion_matrix(runs, tmp_path, capsys):
     result = eval_cli([str(runs["dir"]), "--out", str(tmp_path)])
     student = runs["kd"]["student"]
