@@ -15,7 +15,7 @@ import contextlib
 import io
 import statistics
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Union
 
 import torch
 from torch import nn
@@ -80,9 +80,11 @@ def _eager():
         yield
 
 
-def measure(model: nn.Module, image_shape: tuple, device: torch.device) -> dict:
-    """The deployment figures of `model` for images of `image_shape` (C, H, W): float32, eval mode.
-    The model ends on the CPU, in eval mode."""
+def measure(model: nn.Module, image_shape: tuple, device: Union[str, torch.device] = "cpu") -> dict:
+    """The deployment figures of `model` for images of `image_shape` (C, H, W): float32, eval mode;
+    the throughput on `device` ("cpu", "cuda", "cuda:1" or a torch.device). The model ends on the CPU,
+    in eval mode."""
+    device = torch.device(device)
     model.eval().float()
     out = {"params": count_parameters(model), "weights_bytes": weights_bytes(model)}
     with torch.no_grad(), _eager():

@@ -56,15 +56,26 @@ class ModelInfo:
     missing: list = field(default_factory=list)  # what an older file did not record (filled in or unknown)
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (0-255) or floats in [0, 1], (N, C, H, W) or one (C, H, W): resized to the
-        model's input size and normalised with its mean/std, as kdrun fed it in training."""
+        """uint8 images (0-255) or floats in [0, 1], (N, C, H, W) or one (C, H, W), brought to the
+        model's input as kdrun's test pipeline brought its dataset's images: for dataset=imagenet the
+        shorter side resized to dataset.resize_size (image_size * 256/224 by default), then the centre
+        image_size x image_size crop; otherwise resized to image_size x image_size (as image_folder
+        does; the in-memory datasets are at that size already). Bilinear with antialiasing, as
+        torchvision's Resize. Then normalised with the model's mean/std."""
+        from torchvision.transforms import functional as TF
+
         if self.mean is None or self.std is None:
             raise KdrunError(f"{self.path}: the file does not record its normalisation (mean/std): pass them to "
                              "load_model(..., mean=[...], std=[...])")
         x = images.unsqueeze(0) if images.dim() == 3 else images
         x = x.float() / 255 if not x.is_floating_point() else x.float()
-        if self.image_size and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        size = self.image_size
+        if size and (self.dataset or {}).get("name") == "imagenet":
+            # kdrun.data.builders.imagenet's evaluation transform: Resize(resize), CenterCrop(size)
+            resize = self.dataset.get("resize_size") or round(size * 256 / 224)
+            x = TF.center_crop(TF.resize(x, resize, antialias=True), [size, size])
+        elif size and tuple(x.shape[-2:]) != (size, size):
+            x = TF.resize(x, [size, size], antialias=True)
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
@@ -368,9 +379,13 @@ def export_model(path, fmt: str, out=None, which: str = "student", overrides: Se
     """Exports a model kdrun trained to `fmt` (onnx, torchscript, safetensors) with its preprocessing
     (in the file's metadata where the format has it, and in <out>.json beside it), then checks it on the
     spot: the exported model's logits on `images` real test images must match PyTorch's within `atol`
-    (relative to the largest logit). Raises KdrunError when they do not."""
+    (relative to the largest logit). Raises KdrunError when they do not; the file stays, for inspection,
+    and its card records the failed check (`"ok": false`)."""
     if fmt not in FORMATS:
         raise KdrunError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if images < 1:
+        raise KdrunError(f"--images {images}: the export is checked on that many real test images: give 1 or more "
+                         "(256 by default)")
     model, info = load_model(path, which, "cpu", data_dir, **given)
     file = Path(info.path)
     if out is None:
@@ -395,7 +410,8 @@ def export_model(path, fmt: str, out=None, which: str = "student", overrides: Se
               "arch": info.arch, "missing": info.missing, "check": check}
     if not check["ok"]:
         raise KdrunError(f"{out}: the exported model's logits differ from PyTorch's by up to {diff:.3g} on {len(x)} "
-                         f"test images (tolerance {atol * scale:.3g}): do not ship it")
+                         f"test images (tolerance {atol * scale:.3g}): do not ship it (it is left there to inspect; "
+                         f"{card_path.name} records the check, ok: false)")
     return result
 
 
@@ -430,7 +446,7 @@ def eval_cli(argv: Optional[list] = None) -> dict:
     parser = _parser("kdrun-eval", "Test accuracy (top-1/top-5), per-class accuracy and the confusion matrix of a "
                                    "model kdrun trained, on its dataset or any compatible one; no training.")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N, mps")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # the dataset overrides before, between or after the flags
     try:
         result = evaluate(args.path, args.overrides, args.which, args.device)
     except KdrunError as e:
@@ -467,7 +483,7 @@ def export_cli(argv: Optional[list] = None) -> dict:
                                      "and check the export against PyTorch on real test images.")
     parser.add_argument("--format", required=True, choices=list(FORMATS))
     parser.add_argument("--images", type=int, default=256, help="test images the export is checked on (256)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         result = export_model(args.path, args.format, args.out, args.which, args.overrides, images=args.images)
     except KdrunError as e:

@@ -3,6 +3,7 @@
 fake data, shared by the module's tests."""
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import shutil
@@ -19,10 +20,11 @@ import kdrun
 from kdrun import KdrunError
 from kdrun.checkpoint import load_weights
 from kdrun.data import build_data
-from kdrun.export import eval_cli, eval_main, evaluate, export_main, load_model
+from kdrun.export import ModelInfo, eval_cli, eval_main, evaluate, export_cli, export_main, load_model
 from kdrun.models import build_model, count_parameters, model_meta
 from kdrun.run import run
 from tests.conftest import ROOT, make_cfg
+from tests.datasets import write_imagenet_tree
 
 CPU = torch.device("cpu")
 # 28x28, one channel, 10 classes: teacher mlp1200, student mlp800 (the defaults); TINY turns the report off
@@ -60,6 +62,13 @@ def test_deploy_figures_are_present_and_sane(runs):
     assert c["test_acc_delta"] == pytest.approx(summary["student"]["test_acc"] - summary["teacher"]["test_acc"])
     assert json.loads((runs["dir"] / "summary.json").read_text())["compression"] == c
     assert "compression" in runs["scratch"] and runs["scratch"]["compression"] is None  # no teacher to compare
+
+
+def test_measure_takes_the_device_as_a_string_or_a_torch_device():
+    """kdrun.measure(model, (C, H, W), device), the public API: "cpu" as load_model/evaluate take it."""
+    for device in ("cpu", CPU):
+        d = kdrun.measure(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10)), (1, 28, 28), device)
+        assert (d["macs"], d["flops"], d["params"]) == (7840, 2 * 7840, 7850) and d["throughput_device"] == "cpu"
 
 
 def test_the_end_of_run_table_shows_the_deployment_report(runs, capsys):
@@ -149,6 +158,30 @@ def test_load_model_reproduces_the_run_test_accuracy_exactly(runs):
     assert (teacher(x).argmax(1) == y).float().mean().item() == runs["kd"]["teacher"]["test_acc"]
 
 
+def test_preprocess_resizes_and_crops_as_the_recorded_dataset_tested(tmp_path):
+    """dataset=imagenet tests on the shorter side resized to resize_size and the centre image_size crop:
+    preprocess() feeds a non-square image the same way (image_folder resizes both sides to image_size)."""
+    import numpy as np
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    write_imagenet_tree(tmp_path / "imagenet", classes=("n01", "n02"), train=2, val=1, shape=(30, 40))
+    cfg = make_cfg("dataset=imagenet", "dataset.image_size=16", "dataset.resize_size=20", "dataset.num_workers=0")
+    data = build_data(cfg.dataset, str(tmp_path), CPU)
+    info = ModelInfo(arch="resnet18", num_classes=2, in_channels=3, image_size=16, mean=list(cfg.dataset.mean),
+                     std=list(cfg.dataset.std), dataset=data.config)
+    fed = next(iter(data.loader("test", 2)))[0][0]  # val/n01/0.png as the run tested it
+    image = Image.open(tmp_path / "imagenet" / "val" / "n01" / "0.png").convert("RGB")
+    raw = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # (3, 30, 40) uint8
+    x = info.preprocess(raw)
+    assert x.shape == (1, 3, 16, 16) and (x[0] - fed).abs().max() < 0.05  # PIL's and torch's resizing round apart
+    # image_folder: both sides resized to image_size (another image from the same file)
+    squashed = ModelInfo(**{**info.__dict__, "dataset": {**data.config, "name": "image_folder"}}).preprocess(raw)
+    mean, std = torch.tensor(info.mean).view(3, 1, 1), torch.tensor(info.std).view(3, 1, 1)
+    assert (squashed[0] - (TF.to_tensor(TF.resize(image, [16, 16])) - mean) / std).abs().max() < 0.05
+    assert (squashed[0] - fed).abs().max() > 0.5
+
+
 def test_kdrun_eval_reproduces_the_summary_and_writes_the_confusion_matrix(runs, tmp_path, capsys):
     result = eval_cli([str(runs["dir"]), "--out", str(tmp_path)])
     student = runs["kd"]["student"]
@@ -164,6 +197,19 @@ def test_kdrun_eval_reproduces_the_summary_and_writes_the_confusion_matrix(runs,
         evaluate(runs["dir"], ["dataset.num_classes=5"])
     with pytest.raises(SystemExit, match=r"^kdrun-eval: error: .*has no peer1 model; choose one of: student, teacher"):
         eval_main([str(runs["dir"]), "--which", "peer1"])
+
+
+def test_the_commands_take_dataset_overrides_after_their_flags(runs, tmp_path):
+    """The README's usage puts [dataset overrides] after the flags."""
+    result = eval_cli([str(runs["dir"]), "--which", "teacher", "--out", str(tmp_path), "dataset.num_test=32"])
+    assert result["images"] == 32 and (tmp_path / "teacher_fake.json").is_file()
+    out = str(tmp_path / "s.safetensors")
+    assert export_cli([str(runs["dir"]), "--format", "safetensors", "--out", out, "dataset.num_test=32"])[
+        "check"]["images"] == 32
+    assert export_cli([str(runs["dir"]), "--format", "safetensors", "--out", out, "--images", "64"])[
+        "check"]["images"] == 64
+    with pytest.raises(SystemExit, match=r"^kdrun-export: error: --images 0: .*1 or more"):
+        export_cli([str(runs["dir"]), "--format", "safetensors", "--out", out, "--images", "0"])
 
 
 def test_the_commands_and_the_export_extra_are_declared():
@@ -225,6 +271,31 @@ def test_exports_match_pytorch_on_real_test_images(runs, tmp_path, capsys):
     assert torch.equal(fresh(x), reference)
     beside = json.loads((tmp_path / "s.safetensors.json").read_text())
     assert beside["std"] == [0.25] and beside["check"]["ok"] and beside["check"]["max_abs_diff"] == 0
+
+
+def test_an_export_that_differs_from_pytorch_is_refused_and_recorded(runs, tmp_path, monkeypatch):
+    """A file whose weights are off (here the last bias + 1: the same top-1 class, other logits) fails the
+    check: the command ends with one line, the file stays for inspection and its card says ok: false."""
+    from kdrun import export
+
+    real = export._export_safetensors
+
+    def corrupted(model, x, out, card):
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            list(model.parameters())[-1].add_(1.0)
+        return real(model, x, out, card)
+
+    monkeypatch.setattr(export, "_export_safetensors", corrupted)
+    out = tmp_path / "s.safetensors"
+    refused = (r"^kdrun-export: error: .*s\.safetensors: the exported model's logits differ from PyTorch's by up to "
+               r"1 on 256 test images .*do not ship it \(it is left there to inspect; s\.safetensors\.json records "
+               r"the check, ok: false\)$")
+    with pytest.raises(SystemExit, match=refused):
+        export_main([str(runs["dir"]), "--format", "safetensors", "--out", str(out)])
+    check = json.loads((tmp_path / "s.safetensors.json").read_text())["check"]
+    assert check["ok"] is False and check["max_abs_diff"] == pytest.approx(1.0, abs=1e-5)
+    assert check["top1_agreement"] == 1.0 and out.is_file()
 
 
 # --- a checkpoint written before this change ---------------------------------------------------
