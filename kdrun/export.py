@@ -72,7 +72,9 @@ class ModelInfo:
         size = self.image_size
         if size and (self.dataset or {}).get("name") == "imagenet":
             # kdrun.data.builders.imagenet's evaluation transform: Resize(resize), CenterCrop(size)
-            resize = self.dataset.get("resize_size") or round(size * 256 / 224)
+            from kdrun.data.builders import imagenet_resize
+
+            resize = imagenet_resize(size, self.dataset.get("resize_size"))
             x = TF.center_crop(TF.resize(x, resize, antialias=True), [size, size])
         elif size and tuple(x.shape[-2:]) != (size, size):
             x = TF.resize(x, [size, size], antialias=True)

@@ -307,6 +307,12 @@ def _trees(cfg, device, tree, test_tree, pool, test_idx, augmented, plain, size:
     return bundle
 
 
+def imagenet_resize(size: int, resize_size=None) -> int:
+    """The shorter side an ImageNet-style evaluation resizes to before its centre crop of `size`:
+    dataset.resize_size, or 256 for 224 (the usual ratio)."""
+    return resize_size or round(size * 256 / 224)
+
+
 @register_dataset
 def imagenet(cfg, root: Path, device) -> DataBundle:
     """ImageNet's layout, root/train/<class>/ and root/val/<class>/ (ImageNet itself or any tree shaped
@@ -320,7 +326,7 @@ def imagenet(cfg, root: Path, device) -> DataBundle:
                          "data_dir) at such a folder, or use dataset=image_folder for another layout")
     _check_norm(cfg, 3)
     size = cfg.image_size or 224
-    resize = cfg.resize_size or round(size * 256 / 224)  # 256 for 224: the usual ratio
+    resize = imagenet_resize(size, cfg.resize_size)
     normalize = [transforms.ToTensor(), transforms.Normalize(cfg.mean, cfg.std)]
     plain = transforms.Compose([transforms.Resize(resize), transforms.CenterCrop(size), *normalize])
     augmented = transforms.Compose([transforms.RandomResizedCrop(size)]
