@@ -218,6 +218,33 @@ def test_every_scheme_and_the_methods_that_train_parts_of_their_own_run_under_to
     assert torch.equal(stage["fc3.weight"], alone_stage["fc3.weight"])
 
 
+@pytest.mark.slow
+def test_crd_and_sync_bn_on_the_cpu_are_refused_with_several_processes_before_any_training(tmp_path):
+    """kd=crd (memory banks each process would update on its own) and sync_bn=true on the CPU
+    (SyncBatchNorm is CUDA only) under torchrun: one line from each process, a failed summary.json,
+    and no teacher trained. The two launches run side by side."""
+    small = ["dataset=fake", "dataset.image_size=8", "dataset.num_train=128", "dataset.num_test=32", "teacher=mlp800",
+             "student=mlp800", "teacher.batch_size=32", "student.batch_size=32", "teacher.epochs=1", "epochs=1",
+             "progress=false", "deploy_report=false", f"teacher_cache={tmp_path / 'teachers'}"]
+    refusals = {"crd": (["kd=crd"], "kd.crd keeps memory banks that several processes (torchrun, SLURM) do not share "
+                                    "yet: run it on one device (or choose another method)"),
+                "bn": (["kd=hinton", "sync_bn=true"], "sync_bn=true: SyncBatchNorm runs on CUDA devices only; use "
+                                                       "sync_bn=false on the CPU")}
+    procs = {name: torchrun(*small, *extra, f"hydra.run.dir={tmp_path / name}", cwd=tmp_path)
+             for name, (extra, _) in refusals.items()}
+    for name, proc in procs.items():
+        code, out, err = finish(proc)
+        message = refusals[name][1]
+        assert code != 0, out + err
+        assert [line for line in err.splitlines() if line.startswith("kdrun: ")] == [f"kdrun: error: {message}"] * 2, err
+        # the one traceback is torchrun's own report that a process failed
+        assert err.count("Traceback") == 1 and "ChildFailedError" in err, err
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
+        assert summary["status"] == "failed" and summary["error"] == message
+        assert not (tmp_path / name / "metrics.jsonl").exists()
+    assert not list((tmp_path / "teachers").glob("*/meta.json"))  # refused before the teacher trained
+
+
 def test_a_training_pass_draws_a_seed_every_process_shares_also_without_a_reseed():
     """The engine seeds each epoch alike on every process; a loader passed over again without a reseed
     (FT's paraphraser epochs) must still give every process the same pass seed, derived from the last."""

@@ -261,3 +261,61 @@ def test_wandb_runs_offline_unless_logged_in(tmp_path, monkeypatch, caplog):
     (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "0" * 40 + "\n")
     (tmp_path / ".netrc").chmod(0o600)
     assert logged_in()  # what `wandb login` leaves behind: then runs go online
+
+
+# --- the trackers' own keys, one run through the CLI ------------------------------------------------
+
+def test_tracker_folders_experiment_name_and_log_model_of_a_single_run(tmp_path, monkeypatch, sweep):
+    """logger.csv.dir, logger.tensorboard.dir, logger.mlflow.experiment_name and log_model=true on one
+    run; its MLflow run is named by its overrides (those that say what it computes). In the sweep's
+    MLflow store: a new store's tables take seconds to create."""
+    pytest.importorskip("mlflow")
+    pytest.importorskip("tensorboard")
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tests.test_records import BASE, kdrun_in_process
+
+    run_dir = tmp_path / "r"
+    kdrun_in_process(monkeypatch, *BASE, "logger=[csv,tensorboard,mlflow]", "logger.csv.dir=tables",
+                     "logger.tensorboard.dir=events", "logger.mlflow.experiment_name=promised",
+                     "logger.mlflow.log_model=true", f"logger.mlflow.save_dir={sweep['mlruns']}",
+                     f"hydra.run.dir={run_dir}", f"teacher_cache={tmp_path / 'teachers'}")
+    records = _records(run_dir)
+    assert [(r["model"], r["epoch"]) for r in records] == [("student", 1)]
+    assert not (run_dir / "csv").exists() and not (run_dir / "tensorboard").exists()
+    with (run_dir / "tables" / "metrics.csv").open(newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert float(row["val/acc"]) == pytest.approx(records[0]["val/acc"])
+    assert (run_dir / "tables" / "hparams.yaml").is_file()
+    events = EventAccumulator(str(run_dir / "events"))
+    events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("student/val/acc")] == [(1, pytest.approx(records[0]["val/acc"]))]
+
+    client = MlflowClient(f"sqlite:///{sweep['mlruns'] / 'mlflow.db'}")
+    [mlrun] = client.search_runs([client.get_experiment_by_name("promised").experiment_id])
+    # TINY's settings and BASE, as typed; not progress, deploy_report, logger.*, hydra.* or teacher_cache
+    assert mlrun.info.run_name == ("dataset.download=false teacher.epochs=1 epochs=1 teacher.batch_size=64 "
+                                   "student.batch_size=64 " + " ".join(BASE))
+    assert [a.path for a in client.list_artifacts(mlrun.info.run_id, "checkpoints")] == ["checkpoints/student_best.pt"]
+    uploaded = client.download_artifacts(mlrun.info.run_id, "checkpoints/student_best.pt", str(tmp_path))
+    assert Path(uploaded).read_bytes() == (run_dir / "checkpoints" / "student_best.pt").read_bytes()
+
+
+def test_a_tracker_added_on_resume_sees_the_epochs_from_there_on(tmp_path, monkeypatch):
+    from kdrun import Interrupted
+    from tests.test_records import BASE
+    from tests.test_resume import stop_in_epoch
+
+    run_dir, args = tmp_path / "r", [*BASE, "epochs=3"]
+    with stop_in_epoch(2, monkeypatch), pytest.raises(Interrupted):
+        run(make_cfg(*args, tmp=tmp_path), run_dir)
+    assert not (run_dir / "csv").exists()
+    summary = run(make_cfg(*args, "logger=csv", "resume=true", tmp=tmp_path), run_dir)
+    assert summary["status"] == "ok"
+    with (run_dir / "csv" / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    records = _records(run_dir)
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert [(r["model"], int(r["epoch"])) for r in rows] == [("student", 2), ("student", 3)]
+    assert [float(r["train/loss"]) for r in rows] == pytest.approx([r["train/loss"] for r in records[1:]])

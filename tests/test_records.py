@@ -179,6 +179,64 @@ def test_the_teacher_cache_is_keyed_by_the_data_and_reports_what_it_measures(tmp
         run(make_cfg(*args, f"data_dir={tmp_path / 'a'}", tmp=tmp_path), tmp_path / "r4")
 
 
+
+def kdrun_in_process(monkeypatch, *args: str) -> None:
+    """`kdrun ARGS` through the CLI's own entry point (Hydra, its callbacks, the sweep's summary), in this
+    process: a CLI start's imports cost seconds. Hydra's logging set-up is undone afterwards."""
+    from kdrun import cli
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    flags = [a for a in args if a.startswith("-")]  # -m: before the overrides, as Hydra's parser wants it
+    monkeypatch.setattr(sys, "argv", ["kdrun", *flags, *TINY, *(a for a in args if a not in flags)])
+    try:
+        cli.main()
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+class Said(logging.Handler):
+    """The messages of one logger, whatever Hydra does to the root logger's handlers."""
+
+    def __init__(self, name: str):
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+        self.logger = logging.getLogger(name)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+    def __enter__(self) -> "Said":
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.logger.removeHandler(self)
+
+
+def test_a_new_sweep_never_writes_into_a_folder_holding_another_sweep(tmp_path, monkeypatch):
+    """The same one-job sweep twice into one hydra.sweep.dir (no resume=true): the second writes into
+    <dir>_1, says so, and leaves the first sweep's files as they were."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *BASE, "seed=0", f"hydra.sweep.dir={sweep}", f"teacher_cache={tmp_path / 'teachers'}"]
+    kdrun_in_process(monkeypatch, *args)
+    assert json.loads((sweep / "0" / "summary.json").read_text())["status"] == "ok"
+    before = _files(sweep)
+    with Said("kdrun.rundir") as said:
+        kdrun_in_process(monkeypatch, *args)
+    assert said.messages == [f"{sweep} holds another sweep: this one writes into {sweep}_1"]
+    second = tmp_path / "sweep_1"
+    summary = json.loads((second / "0" / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["run_dir"] == str(second / "0")
+    assert (second / "summary.csv").is_file() and (second / "multirun.yaml").is_file()  # the sweep's own record
+    assert _files(sweep) == before
+
+
 # --- the scratch baseline of a sweep, trained once ----------------------------------------------------
 
 def test_equal_baselines_of_a_sweep_are_trained_once(tmp_path):

@@ -256,3 +256,34 @@ def test_tiny_soft_tree_reproduction_writes_its_report_and_figures(tmp_path):
     for png in ("tree.png", "explain_test0.png"):
         assert (tmp_path / "out" / png).stat().st_size > 1000
     assert (tmp_path / "out" / "s0" / "distilled" / "summary.json").is_file()
+
+
+def test_explain_levels_full_checkpoint_and_a_bad_levels(distilled_tree, tmp_path, capsys):
+    """kdrun-explain's flags: --levels N draws N of the depth-3 tree's levels, --full all of them (a row of
+    1.3 inches per level plus the leaves' row, at 100 dpi), --checkpoint loads those weights, and
+    --levels 0 is one line."""
+    from PIL import Image
+
+    from kdrun.explain import main
+
+    run_dir, _ = distilled_tree
+    main([str(run_dir), "--levels", "2", "--out", str(tmp_path / "top2.png")])
+    main([str(run_dir), "--full", "--levels", "1", "--out", str(tmp_path / "full.png")])  # --full wins
+    for png, levels in (("top2.png", 2), ("full.png", 3)):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert Image.open(tmp_path / png).height == round(100 * 1.3 * (levels + 1)), png
+
+    last = run_dir / "checkpoints" / "student_last.pt"
+    main([str(run_dir), "--checkpoint", str(last), "--index", "1"])
+    assert (run_dir / "explain_test1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "test image 1 (label" in capsys.readouterr().out
+    # Weights of the file given, not student_best.pt's: every leaf made to say class 7
+    record = torch.load(last, weights_only=True)
+    record["model"]["leaves"][:, 7] = 50.0
+    torch.save(record, tmp_path / "sevens.pt")
+    main([str(run_dir), "--checkpoint", str(tmp_path / "sevens.pt"), "--index", "1", "--out", str(tmp_path / "7.png")])
+    assert "prediction: 7 (maximum-path leaf)" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit) as e:
+        main([str(run_dir), "--levels", "0"])
+    assert str(e.value.code) == "kdrun-explain: error: --levels=0: draw at least 1 level"

@@ -78,6 +78,13 @@ class CRD(KDMethod):
         self._z_set: Optional[bool] = None  # whether z holds Z: read from the buffer once (it may come from a checkpoint)
 
     def setup(self, student_feats, teacher_feats) -> None:
+        from kdrun import distributed
+
+        # Here, in the dry pass on untrained models (schemes/offline.check_layers), not in prepare(): a
+        # refusal comes before the teacher trains.
+        if distributed.world_size() > 1:  # each process would update its own banks' rows, DDP keeps rank 0's
+            raise KdrunError(f"kd.{self.name} keeps memory banks that several processes (torchrun, SLURM) do not "
+                             "share yet: run it on one device (or choose another method)")
         self.embed_s = Embed(embedding(student_feats[0]).shape[1], self.feat_dim)
         self.embed_t = Embed(embedding(teacher_feats[0]).shape[1], self.feat_dim)
 
@@ -86,11 +93,6 @@ class CRD(KDMethod):
 
     def prepare(self, teacher: nn.Module, data, device: torch.device, seed: int) -> None:
         """Sizes the banks to the training split, with RepDistiller's uniform start, and reads its labels."""
-        from kdrun import distributed
-
-        if distributed.world_size() > 1:  # each process would update its own banks' rows, DDP keeps rank 0's
-            raise KdrunError(f"kd.{self.name} keeps memory banks that several processes (torchrun, SLURM) do not "
-                             "share yet: run it on one device (or choose another method)")
         n = data.sizes["train"]
         reseed(seed, f"{self.name}.memory")
         stdv = 1.0 / math.sqrt(self.feat_dim / 3)
